@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/txn"
+)
+
+type runOptions struct {
+	lockTimeout durationFlag
+	exclude     []string
+	copy        []string
+	noCVSCopies bool
+}
+
+func newRunCommand(g *globals) *cobra.Command {
+	o := &runOptions{lockTimeout: -1}
+	c := &cobra.Command{
+		Use:   "run [flags] DIR -- COMMAND [ARG...]",
+		Short: "Run COMMAND as one atomic, crash-safe transaction on DIR",
+		Long: `Run COMMAND as one atomic, crash-safe transaction on the tree DIR.
+
+treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
+(in the current directory, with the current environment). If COMMAND exits 0
+its changes are made durable and kept; otherwise DIR is put back exactly as it
+was. After a crash, run: treetx recover DIR.
+
+Exit status: COMMAND's own; 128+N if it died of signal N; 126 if it could not
+be executed, 127 if it was not found (DIR untouched in both); 75 if DIR's lock
+was not had in time; 125 if treetx itself failed, or if a rollback found files
+written in place whose old content is lost; 64 for a bad command line.`,
+		Example: `  treetx run /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix"
+  treetx run --lock-timeout 30s --exclude '*.tmp' site -- make -C site`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			switch {
+			case dash < 0:
+				return usageErrorf("run: missing -- before the command (usage: treetx run DIR -- COMMAND [ARG...])")
+			case dash != 1:
+				return usageErrorf("run: want exactly one DIR before --, got %d (usage: treetx run DIR -- COMMAND [ARG...])", dash)
+			case len(args) == 1:
+				return usageErrorf("run: no command after -- (usage: treetx run DIR -- COMMAND [ARG...])")
+			}
+			return runRun(cmd.Context(), args[0], args[1:], o, g, cmd.ErrOrStderr())
+		},
+	}
+	f := c.Flags()
+	f.Var(&o.lockTimeout, "lock-timeout", "give up waiting for DIR's lock after this long, exit 75 (0: try once; default: wait indefinitely)")
+	f.StringArrayVar(&o.exclude, "exclude", nil, "leave entries matching `GLOB` out of the transaction (repeatable; a GLOB with no / matches base names)")
+	f.StringArrayVar(&o.copy, "copy", nil, "give files matching `GLOB` a real copy in the shadow, for programs that write them in place (repeatable)")
+	f.BoolVar(&o.noCVSCopies, "no-cvs-copies", false, "in a CVS repository, do not copy CVSROOT/history, CVSROOT/val-tags and CVS/fileattr by default")
+	return c
+}
+
+func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *globals, stderr io.Writer) error {
+	opts := txn.RunOptions{Options: txn.Options{
+		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
+		LockTimeout: time.Duration(o.lockTimeout), Command: argv,
+		Logger: newLogger(g, stderr), Progress: progressPrinter(stderr),
+	}}
+	rr, err := txn.Run(ctx, dir, argv, opts)
+	if rr != nil && rr.StartErr != nil {
+		fmt.Fprintf(stderr, "treetx: %v\n", rr.StartErr)
+	}
+	if rr != nil && rr.Result != nil {
+		report(stderr, dir, rr)
+	}
+	if err != nil {
+		var lost *txn.LostContentError
+		if errors.As(err, &lost) {
+			fmt.Fprintf(stderr, "treetx: %v\n", err)
+			for _, p := range lost.Paths {
+				fmt.Fprintf(stderr, "treetx:   lost old content: %s\n", p)
+			}
+			fmt.Fprintf(stderr, "treetx: the listed files hold what the failed command wrote; list them with --copy to protect them next time\n")
+			return exitStatus(exitTreetxError)
+		}
+		return err
+	}
+	return exitStatus(rr.Status)
+}
+
+// report tells what the transaction did, on stderr.
+func report(w io.Writer, dir string, rr *txn.RunResult) {
+	res := rr.Result
+	if rr.Committed {
+		if len(res.InPlace) > 0 {
+			fmt.Fprintf(w, "treetx: warning: %d file(s) in %s were written in place, through the inode the shadow shared; had the command failed, their old content would have been lost (protect them with --copy):\n", len(res.InPlace), dir)
+			for _, p := range res.InPlace {
+				fmt.Fprintf(w, "treetx:   %s\n", p)
+			}
+		}
+		return
+	}
+	why := fmt.Sprintf("exited with status %d", rr.Status)
+	if rr.Status > 128 && rr.StartErr == nil {
+		why = fmt.Sprintf("was killed by signal %d (%s)", rr.Status-128, unix.SignalName(unix.Signal(rr.Status-128)))
+	} else if rr.StartErr != nil {
+		why = "could not be started"
+	}
+	fmt.Fprintf(w, "treetx: command %s: rolled back %s\n", why, dir)
+	if n := len(res.LeftOut); n > 0 {
+		shown := res.LeftOut
+		if n > 5 {
+			shown = shown[:5]
+		}
+		more := ""
+		if n > 5 {
+			more = fmt.Sprintf(" and %d more", n-5)
+		}
+		fmt.Fprintf(w, "treetx: left out of the transaction and gone with the failed tree: %s%s (lock and temporary files; --exclude)\n", strings.Join(shown, ", "), more)
+	}
+}
+
+// progressPrinter shows the shadow's progress when stderr is a terminal.
+func progressPrinter(w io.Writer) func(int64) {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return nil
+	}
+	return func(n int64) { fmt.Fprintf(w, "\rtreetx: shadow: %d entries\x1b[K", n) }
+}
+
+func newLogger(g *globals, w io.Writer) *slog.Logger {
+	if !g.verbose {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// durationFlag is a duration whose negative value means "no limit" and is
+// not shown as a default.
+type durationFlag time.Duration
+
+func (d *durationFlag) String() string {
+	if *d < 0 {
+		return ""
+	}
+	return time.Duration(*d).String()
+}
+
+func (d *durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %s", s)
+	}
+	*d = durationFlag(v)
+	return nil
+}
+
+func (d *durationFlag) Type() string { return "duration" }

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/treetx/treetx/lock"
+	txrecover "github.com/treetx/treetx/recover"
+)
+
+// Exit codes treetx itself uses (a command's own status passes through).
+const (
+	exitOK          = 0
+	exitNeedsRecov  = 3   // status: the directory needs recovery
+	exitUsage       = 64  // bad command line (EX_USAGE)
+	exitBusy        = 75  // the lock was not had in time, or a live transaction holds it (EX_TEMPFAIL)
+	exitTreetxError = 125 // treetx failed, or a state needs a person
+)
+
+// usageError is a bad command line.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// exitStatus carries an exit status whose reason was already printed (or
+// needs no message: the command's own status).
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// exitCode maps an error to the process's exit status.
+func exitCode(err error) int {
+	var usage *usageError
+	var status exitStatus
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &status):
+		return int(status)
+	case errors.As(err, &usage):
+		return exitUsage
+	case errors.Is(err, lock.ErrLocked), errors.Is(err, txrecover.ErrBusy):
+		return exitBusy
+	default:
+		return exitTreetxError
+	}
+}

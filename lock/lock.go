@@ -1,0 +1,466 @@
+// Package lock takes the locks that keep two treetx runs off one directory
+// tree.
+//
+// A lock is an flock(2) lock on a lock file that lives beside the tree, in its
+// parent directory, never inside it: the tree itself gets renamed. The caller
+// chooses the lock file's path. Lock files are created on first use and never
+// deleted: deleting a lock file that another process has open would let two
+// processes each hold "the" lock, on two different inodes.
+//
+// Crashes: the kernel releases an flock lock when the last descriptor of the
+// open file description holding it is closed, which happens when the holding
+// process exits for any reason, including SIGKILL. No lock is ever left held
+// by a dead process, so there is no stale-lock breaking here. What a crash can
+// leave behind is the holder record an exclusive holder writes into the lock
+// file (see Holder); readers check whether the recorded process still runs,
+// and a new exclusive holder overwrites the record.
+//
+// This package is the only user of github.com/gofrs/flock in treetx.
+package lock
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofrs/flock"
+)
+
+// Mode is the kind of lock to take.
+type Mode int
+
+const (
+	// Exclusive excludes every other holder, exclusive or shared. An
+	// exclusive holder records itself in the lock file (see Holder).
+	Exclusive Mode = iota
+	// Shared coexists with other shared holders and excludes exclusive
+	// ones. A shared holder records nothing.
+	Shared
+)
+
+// String returns "exclusive" or "shared".
+func (m Mode) String() string {
+	switch m {
+	case Exclusive:
+		return "exclusive"
+	case Shared:
+		return "shared"
+	default:
+		return "Mode(" + strconv.Itoa(int(m)) + ")"
+	}
+}
+
+// retryDelay is how long Acquire sleeps between two attempts while it waits.
+const retryDelay = 25 * time.Millisecond
+
+// filePerm is the permission a new lock file is created with (before umask).
+const filePerm fs.FileMode = 0o644
+
+// ErrLocked is what a *HeldError unwraps to: errors.Is(err, ErrLocked)
+// reports whether Acquire failed because someone else holds the lock.
+var ErrLocked = errors.New("lock is held")
+
+// Holder describes the process holding an exclusive lock, as it recorded
+// itself in the lock file.
+//
+// The record is written right after the lock is taken and cleared (the file
+// truncated) by Release, so an empty lock file means that no exclusive holder
+// has recorded itself. A holder that crashes, or is killed, leaves its record
+// behind while the kernel releases its lock: ReadHolder marks such a record
+// Stale.
+type Holder struct {
+	PID     int       `json:"pid"`
+	Host    string    `json:"host"`
+	User    string    `json:"user"`
+	Command []string  `json:"command"`
+	Since   time.Time `json:"since"`
+
+	// Stale is set by ReadHolder when the record names a process on this
+	// host that is not running: its pid does not exist, or it belongs to a
+	// process started after Since (the pid was reused, for example after a
+	// reboot). A stale record names no one; the lock it describes was
+	// released when its holder died. Records from other hosts are never
+	// marked stale, since their processes cannot be checked. Stale is not
+	// stored in the lock file.
+	Stale bool `json:"-"`
+}
+
+// String describes h on one line, for example
+// `pid 1234 (cvs commit -m x) on host h as user u since 2026-11-22T01:02:03Z`.
+// Empty fields are left out.
+func (h Holder) String() string {
+	var b strings.Builder
+	b.WriteString("pid ")
+	b.WriteString(strconv.Itoa(h.PID))
+	if len(h.Command) > 0 {
+		b.WriteString(" (")
+		b.WriteString(strings.Join(h.Command, " "))
+		b.WriteString(")")
+	}
+	if h.Host != "" {
+		b.WriteString(" on host ")
+		b.WriteString(h.Host)
+	}
+	if h.User != "" {
+		b.WriteString(" as user ")
+		b.WriteString(h.User)
+	}
+	if !h.Since.IsZero() {
+		b.WriteString(" since ")
+		b.WriteString(h.Since.UTC().Format(time.RFC3339))
+	}
+	return b.String()
+}
+
+// Options configures Acquire.
+type Options struct {
+	// Mode is the kind of lock to take.
+	Mode Mode
+	// Timeout bounds the wait for the lock: negative waits until the lock is
+	// had or ctx is done, zero tries once, positive gives up after that
+	// long. While it waits, Acquire retries every 25ms.
+	Timeout time.Duration
+	// Self is what an exclusive holder records in the lock file; Shared
+	// ignores it. Acquire fills its zero fields with this process's: PID
+	// with os.Getpid, Host with os.Hostname, User with the current user's
+	// name, Command with os.Args and Since with the time the lock was had.
+	// Stale is ignored.
+	Self Holder
+}
+
+// Lock is a held lock. Release it when done; if the process dies first, the
+// kernel releases it (see the package documentation). A Lock is safe for use
+// by several goroutines.
+type Lock struct {
+	path string
+	mode Mode
+
+	mu sync.Mutex
+	// f is nil once the lock is released.
+	f *flock.Flock
+	// fi describes the locked file, as opened by f.
+	fi fs.FileInfo
+	// inheritedFD is f's descriptor once Inheritable has found it, or -1.
+	inheritedFD int
+}
+
+// Acquire opens the lock file at path, creating it with mode 0644 if it is
+// missing, and locks it in opts.Mode. The lock file is never deleted.
+//
+// With Mode Exclusive, once the lock is had, Acquire truncates the file and
+// writes opts.Self into it as JSON, so that waiters can name the holder. With
+// Mode Shared it writes nothing.
+//
+// If the lock is not had within opts.Timeout, Acquire returns a *HeldError. If
+// ctx is done first, it returns an error wrapping ctx's error. If the process
+// dies while Acquire waits, nothing is held; if it dies after, the kernel
+// releases the lock, but a recorded Self stays in the file (ReadHolder will
+// see it as Stale).
+func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
+	if opts.Mode != Exclusive && opts.Mode != Shared {
+		return nil, fmt.Errorf("lock %s: invalid mode %v", path, opts.Mode)
+	}
+	f := flock.New(path, flock.SetFlag(os.O_CREATE|os.O_RDONLY), flock.SetPermissions(filePerm))
+	try, tryCtx := f.TryLock, f.TryLockContext
+	if opts.Mode == Shared {
+		try, tryCtx = f.TryRLock, f.TryRLockContext
+	}
+
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("lock %s: take %v lock: %w", path, opts.Mode, err)
+	}
+	var ok bool
+	var err error
+	switch {
+	case opts.Timeout == 0:
+		ok, err = try()
+	case opts.Timeout < 0:
+		ok, err = tryCtx(ctx, retryDelay)
+	default:
+		waitCtx, cancel := context.WithTimeout(ctx, opts.Timeout)
+		ok, err = tryCtx(waitCtx, retryDelay)
+		cancel()
+	}
+	switch {
+	case ok:
+	case err == nil:
+		// Timeout 0, and the one try failed.
+		return nil, newHeldError(path, opts.Mode)
+	case ctx.Err() != nil:
+		// The caller gave up, not our timeout.
+		return nil, fmt.Errorf("lock %s: wait for %v lock: %w", path, opts.Mode, ctx.Err())
+	case errors.Is(err, context.DeadlineExceeded):
+		return nil, newHeldError(path, opts.Mode)
+	default:
+		return nil, fmt.Errorf("lock %s: take %v lock: %w", path, opts.Mode, err)
+	}
+
+	l := &Lock{path: path, mode: opts.Mode, f: f, inheritedFD: -1}
+	l.fi, err = f.Stat()
+	if err != nil {
+		err = fmt.Errorf("lock %s: stat locked file: %w", path, err)
+		return nil, errors.Join(err, l.Release())
+	}
+	if opts.Mode == Exclusive {
+		self, err := fillHolder(opts.Self)
+		if err == nil {
+			err = l.writeRecord(self)
+		}
+		if err != nil {
+			return nil, errors.Join(err, l.Release())
+		}
+	}
+	return l, nil
+}
+
+// Path returns the lock file's path, as given to Acquire.
+func (l *Lock) Path() string { return l.path }
+
+// Release unlocks the lock and closes the lock file, which stays in place.
+// An exclusive holder first clears its record (truncates the file), unless
+// Inheritable was called: the record then stays, since the lock may still be
+// held by the child the descriptor was passed to.
+//
+// After Inheritable, Release does not unlock: unlocking through any
+// descriptor of the open file description would release the lock for the
+// child too. It only drops this process's reference, so the lock is released
+// when the last copy (this process's Inheritable file, the child's, its
+// descendants') is closed.
+//
+// Release is idempotent: once it has succeeded, later calls return nil. If
+// the process dies instead of calling Release, the kernel releases the lock.
+func (l *Lock) Release() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	var errs []error
+	switch {
+	case l.inheritedFD >= 0:
+		// Point f's descriptor at another file, so that f.Unlock below
+		// unlocks and closes that instead of the shared lock.
+		if err := detachFD(l.inheritedFD, l.fi); err != nil {
+			return fmt.Errorf("lock %s: release: %w", l.path, err)
+		}
+	case l.mode == Exclusive && l.fi != nil:
+		if err := l.clearRecord(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := l.f.Unlock(); err != nil {
+		errs = append(errs, fmt.Errorf("lock %s: unlock: %w", l.path, err))
+		return errors.Join(errs...)
+	}
+	l.f = nil
+	l.inheritedFD = -1
+	return errors.Join(errs...)
+}
+
+// Inheritable returns a new *os.File referring to the same open file
+// description as the one holding the lock. An flock lock belongs to the open
+// file description, so it stays held as long as any process has a descriptor
+// for it. Pass the file to a child through exec.Cmd.ExtraFiles: the child and
+// its descendants then keep the lock held even if this process is killed
+// (SIGKILL included), and the lock is released when the last of them exits.
+// Close this process's copy once the child has started.
+//
+// Inheritable works on Linux only (elsewhere it returns an error). It fails if
+// this process holds several locks on the same lock file, since it cannot
+// tell which descriptor is this Lock's. After Inheritable, Release no longer
+// unlocks; see Release.
+func (l *Lock) Inheritable() (*os.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil, fmt.Errorf("lock %s: inheritable: lock released", l.path)
+	}
+	fd, err := lockFD(l.fi, l.inheritedFD)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: inheritable: %w", l.path, err)
+	}
+	file, err := dupLockFD(fd, l.fi, l.path)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: inheritable: %w", l.path, err)
+	}
+	l.inheritedFD = fd
+	return file, nil
+}
+
+// writeRecord replaces the lock file's content with h as JSON. It writes
+// through a descriptor of its own (the locked one is read-only), after
+// checking that path still names the locked file.
+func (l *Lock) writeRecord(h Holder) error {
+	data, err := json.Marshal(h)
+	if err != nil {
+		return fmt.Errorf("lock %s: encode holder record: %w", l.path, err)
+	}
+	data = append(data, '\n')
+	w, err := l.openLocked("record holder")
+	if err != nil {
+		return err
+	}
+	if err := w.Truncate(0); err != nil {
+		w.Close()
+		return fmt.Errorf("lock %s: record holder: truncate: %w", l.path, err)
+	}
+	if _, err := w.WriteAt(data, 0); err != nil {
+		w.Close()
+		return fmt.Errorf("lock %s: record holder: write: %w", l.path, err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("lock %s: record holder: close: %w", l.path, err)
+	}
+	return nil
+}
+
+// clearRecord truncates the lock file, removing the holder record.
+func (l *Lock) clearRecord() error {
+	w, err := l.openLocked("clear holder record")
+	if err != nil {
+		return err
+	}
+	if err := w.Truncate(0); err != nil {
+		w.Close()
+		return fmt.Errorf("lock %s: clear holder record: truncate: %w", l.path, err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("lock %s: clear holder record: close: %w", l.path, err)
+	}
+	return nil
+}
+
+// openLocked opens the lock file for writing and checks that it is the file
+// that is locked. step names the caller's step in errors.
+func (l *Lock) openLocked(step string) (*os.File, error) {
+	w, err := os.OpenFile(l.path, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %s: %w", l.path, step, err)
+	}
+	wfi, err := w.Stat()
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("lock %s: %s: stat: %w", l.path, step, err)
+	}
+	if !os.SameFile(wfi, l.fi) {
+		w.Close()
+		return nil, fmt.Errorf("lock %s: %s: path no longer names the locked file (was the lock file removed?)", l.path, step)
+	}
+	return w, nil
+}
+
+// fillHolder fills h's zero fields with this process's values.
+func fillHolder(h Holder) (Holder, error) {
+	h.Stale = false
+	if h.PID == 0 {
+		h.PID = os.Getpid()
+	}
+	if h.Host == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return h, fmt.Errorf("lock: record holder: hostname: %w", err)
+		}
+		h.Host = host
+	}
+	if h.User == "" {
+		h.User = currentUser()
+	}
+	if h.Command == nil {
+		h.Command = os.Args
+	}
+	if h.Since.IsZero() {
+		h.Since = time.Now().UTC()
+	}
+	return h, nil
+}
+
+// currentUser returns the current user's name, or failing that $USER, or
+// failing that the numeric uid.
+func currentUser() string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	if name := os.Getenv("USER"); name != "" {
+		return name
+	}
+	return strconv.Itoa(os.Getuid())
+}
+
+// ReadHolder reads the holder record in the lock file at path, without
+// locking. It returns (nil, nil) when the file is absent or holds no record
+// (it is empty, or blank). A record naming a process on this host that is not
+// running is returned with Stale set.
+//
+// The record is only a description: an exclusive holder writes it after
+// taking the lock and clears it in Release, so a record may be missing while
+// the lock is held (the holder has not recorded itself yet, or the lock is
+// shared) or stale while it is not (the holder died).
+func ReadHolder(path string) (*Holder, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: read holder record: %w", path, err)
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 {
+		return nil, nil
+	}
+	var h Holder
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, fmt.Errorf("lock %s: read holder record: %w", path, err)
+	}
+	h.Stale = false
+	if host, err := os.Hostname(); err == nil && host == h.Host {
+		h.Stale = !processRunning(h.PID, h.Since)
+	}
+	return &h, nil
+}
+
+// HeldError reports a lock that could not be had in time.
+type HeldError struct {
+	// Path is the lock file's path.
+	Path string
+	// Holder is the recorded exclusive holder, or nil when unknown: the lock
+	// is held by shared holders, or by an exclusive holder that had not yet
+	// recorded itself, or the record was stale (its process no longer runs).
+	Holder *Holder
+	// Mode is the mode that was requested.
+	Mode Mode
+}
+
+// newHeldError returns a *HeldError for path, naming the recorded holder if
+// there is a live one.
+func newHeldError(path string, mode Mode) *HeldError {
+	e := &HeldError{Path: path, Mode: mode}
+	if h, err := ReadHolder(path); err == nil && h != nil && !h.Stale {
+		e.Holder = h
+	}
+	return e
+}
+
+// Error describes the failure on one line, naming the holder when known.
+func (e *HeldError) Error() string {
+	switch {
+	case e.Holder != nil:
+		return "lock " + e.Path + " is held by " + e.Holder.String()
+	case e.Mode == Shared:
+		// Only an exclusive holder keeps out a shared one.
+		return "lock " + e.Path + " is held by another process (an exclusive holder that has not recorded itself)"
+	default:
+		return "lock " + e.Path + " is held by another process (a shared reader, or a holder that has not recorded itself)"
+	}
+}
+
+// Unwrap returns ErrLocked.
+func (e *HeldError) Unwrap() error { return ErrLocked }

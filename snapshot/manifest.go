@@ -1,0 +1,257 @@
+package snapshot
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// The manifest records, for every file the shadow hard-links, the metadata
+// that goes through the shared inode (mode, owner, times) and what shows an
+// in-place write (size, mtime), so that a rollback can restore the one and
+// detect the other. It is text, one record a line, so that a shell script can
+// read it:
+//
+//	# treetx manifest 1
+//	INO MODE UID GID SIZE ATIME MTIME PATH
+//	...
+//	# end COUNT
+//
+// MODE is octal (permission, setuid, setgid and sticky bits), ATIME and MTIME
+// are SECONDS.NANOSECONDS, and PATH is relative to the tree's root with every
+// byte outside '!'..'~' and every backslash written as \0NNN (octal), the form
+// printf(1)'s %b reads. A manifest without its end line is incomplete.
+
+const manifestHeader = "# treetx manifest 1"
+
+// Record is one hard-linked file as the snapshot found it.
+type Record struct {
+	Path         string // slash-separated, relative to the tree's root
+	Ino          uint64
+	Mode         uint32 // permission, setuid, setgid and sticky bits
+	UID, GID     uint32
+	Size         int64
+	Atime, Mtime unix.Timespec
+}
+
+func recordOf(rel string, st *unix.Stat_t) Record {
+	return Record{
+		Path: rel, Ino: st.Ino, Mode: st.Mode & 07777, UID: st.Uid, GID: st.Gid,
+		Size: st.Size, Atime: st.Atim, Mtime: st.Mtim,
+	}
+}
+
+// contentChanged reports whether st no longer matches r's size and mtime: the
+// file was written in place.
+func (r *Record) contentChanged(st *unix.Stat_t) bool {
+	return st.Size != r.Size || st.Mtim != r.Mtime
+}
+
+// ManifestWriter writes manifest records to an underlying writer.
+type ManifestWriter struct {
+	w     *bufio.Writer
+	buf   []byte
+	count int64
+	err   error
+}
+
+// NewManifestWriter writes the manifest header to w and returns a writer for
+// the records.
+func NewManifestWriter(w io.Writer) *ManifestWriter {
+	m := &ManifestWriter{w: bufio.NewWriterSize(w, 256<<10)}
+	_, m.err = m.w.WriteString(manifestHeader + "\n")
+	return m
+}
+
+// Add appends one record.
+func (m *ManifestWriter) Add(r Record) error {
+	if m.err != nil {
+		return m.err
+	}
+	b := m.buf[:0]
+	b = strconv.AppendUint(b, r.Ino, 10)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, uint64(r.Mode), 8)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, uint64(r.UID), 10)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, uint64(r.GID), 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, r.Size, 10)
+	b = append(b, ' ')
+	b = appendTime(b, r.Atime)
+	b = append(b, ' ')
+	b = appendTime(b, r.Mtime)
+	b = append(b, ' ')
+	b = appendEscaped(b, r.Path)
+	b = append(b, '\n')
+	m.buf = b
+	_, m.err = m.w.Write(b)
+	m.count++
+	return m.err
+}
+
+// Close writes the end line and flushes. It does not sync.
+func (m *ManifestWriter) Close() error {
+	if m.err != nil {
+		return m.err
+	}
+	if _, err := fmt.Fprintf(m.w, "# end %d\n", m.count); err != nil {
+		return err
+	}
+	return m.w.Flush()
+}
+
+func appendTime(b []byte, t unix.Timespec) []byte {
+	b = strconv.AppendInt(b, t.Sec, 10)
+	b = append(b, '.')
+	ns := strconv.FormatInt(t.Nsec, 10)
+	for i := len(ns); i < 9; i++ {
+		b = append(b, '0')
+	}
+	return append(b, ns...)
+}
+
+func appendEscaped(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c > ' ' && c < 0x7f && c != '\\' {
+			b = append(b, c)
+			continue
+		}
+		b = append(b, '\\', '0', '0'+c>>6, '0'+(c>>3)&7, '0'+c&7)
+	}
+	return b
+}
+
+// ErrManifestCorrupt reports a manifest that cannot be trusted.
+var ErrManifestCorrupt = errors.New("manifest is corrupt or incomplete")
+
+// ReadManifest calls fn for each record of the manifest in r, in order. It
+// fails with ErrManifestCorrupt on a malformed line or a missing end line; fn
+// may have been called for some records by then.
+func ReadManifest(r io.Reader, fn func(Record) error) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	line := 0
+	var count int64
+	ended := false
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if line == 1 {
+			if text != manifestHeader {
+				return fmt.Errorf("%w: line 1 is %q, want %q", ErrManifestCorrupt, text, manifestHeader)
+			}
+			continue
+		}
+		if ended {
+			return fmt.Errorf("%w: line %d after the end line", ErrManifestCorrupt, line)
+		}
+		if n, ok := strings.CutPrefix(text, "# end "); ok {
+			want, err := strconv.ParseInt(n, 10, 64)
+			if err != nil || want != count {
+				return fmt.Errorf("%w: end line says %q records, read %d", ErrManifestCorrupt, n, count)
+			}
+			ended = true
+			continue
+		}
+		rec, err := parseRecord(text)
+		if err != nil {
+			return fmt.Errorf("%w: line %d: %v", ErrManifestCorrupt, line, err)
+		}
+		count++
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	if !ended {
+		return fmt.Errorf("%w: no end line after %d records", ErrManifestCorrupt, count)
+	}
+	return nil
+}
+
+func parseRecord(text string) (Record, error) {
+	f := strings.SplitN(text, " ", 8)
+	if len(f) != 8 {
+		return Record{}, fmt.Errorf("%d fields, want 8", len(f))
+	}
+	var r Record
+	var err error
+	var v uint64
+	if r.Ino, err = strconv.ParseUint(f[0], 10, 64); err != nil {
+		return r, err
+	}
+	if v, err = strconv.ParseUint(f[1], 8, 32); err != nil {
+		return r, err
+	}
+	r.Mode = uint32(v)
+	if v, err = strconv.ParseUint(f[2], 10, 32); err != nil {
+		return r, err
+	}
+	r.UID = uint32(v)
+	if v, err = strconv.ParseUint(f[3], 10, 32); err != nil {
+		return r, err
+	}
+	r.GID = uint32(v)
+	if r.Size, err = strconv.ParseInt(f[4], 10, 64); err != nil {
+		return r, err
+	}
+	if r.Atime, err = parseTime(f[5]); err != nil {
+		return r, err
+	}
+	if r.Mtime, err = parseTime(f[6]); err != nil {
+		return r, err
+	}
+	if r.Path, err = unescape(f[7]); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+func parseTime(s string) (unix.Timespec, error) {
+	sec, ns, ok := strings.Cut(s, ".")
+	if !ok || len(ns) != 9 {
+		return unix.Timespec{}, fmt.Errorf("time %q: want SECONDS.NANOSECONDS", s)
+	}
+	a, err := strconv.ParseInt(sec, 10, 64)
+	if err != nil {
+		return unix.Timespec{}, err
+	}
+	b, err := strconv.ParseInt(ns, 10, 64)
+	if err != nil {
+		return unix.Timespec{}, err
+	}
+	return unix.Timespec{Sec: a, Nsec: b}, nil
+}
+
+func unescape(s string) (string, error) {
+	if !strings.Contains(s, `\`) {
+		return s, nil
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			b = append(b, s[i])
+			continue
+		}
+		if i+5 > len(s) {
+			return "", fmt.Errorf("path %q: short escape", s)
+		}
+		v, err := strconv.ParseUint(s[i+2:i+5], 8, 8)
+		if err != nil || s[i+1] != '0' {
+			return "", fmt.Errorf("path %q: bad escape at byte %d", s, i)
+		}
+		b = append(b, byte(v))
+		i += 4
+	}
+	return string(b), nil
+}

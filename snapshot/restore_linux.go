@@ -1,0 +1,86 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/fsys"
+)
+
+// Changed lists the hard-linked files of the shadow at root whose content was
+// written in place since the manifest was taken: their size or mtime differs
+// from the record. The old content of such a file is lost, since the shadow
+// shares its inode. A recorded file that is missing from the shadow, or is
+// another inode, is an error: nothing but treetx changes a shadow by name.
+func Changed(root string, manifest io.Reader) ([]string, error) {
+	var changed []string
+	err := ReadManifest(manifest, func(r Record) error {
+		var st unix.Stat_t
+		p := joinRel(root, r.Path)
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("check %s: %w", p, err)
+		}
+		if st.Ino != r.Ino {
+			return fmt.Errorf("check %s: inode %d, the manifest says %d: the shadow was changed by name", p, st.Ino, r.Ino)
+		}
+		if r.contentChanged(&st) {
+			changed = append(changed, r.Path)
+		}
+		return nil
+	})
+	return changed, err
+}
+
+// Restore gives every hard-linked file of the tree at root the mode, owner and
+// times the manifest recorded, where they differ. It is idempotent. A record
+// whose path is missing or is another inode is skipped and counted in
+// skipped: that happens only when root is not the shadow the manifest was
+// taken for.
+func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int64, err error) {
+	if fs == nil {
+		fs = fsys.OS{}
+	}
+	err = ReadManifest(manifest, func(r Record) error {
+		var st unix.Stat_t
+		p := joinRel(root, r.Path)
+		if err := unix.Lstat(p, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				skipped++
+				return nil
+			}
+			return fmt.Errorf("restore %s: %w", p, err)
+		}
+		if st.Ino != r.Ino {
+			skipped++
+			return nil
+		}
+		did := false
+		if st.Uid != r.UID || st.Gid != r.GID {
+			if err := fs.Lchownat(unix.AT_FDCWD, p, int(r.UID), int(r.GID)); err != nil {
+				return fmt.Errorf("restore owner of %s: %w", p, err)
+			}
+			did = true
+			st.Mode &^= unix.S_ISUID | unix.S_ISGID // chown may have cleared them
+		}
+		if st.Mode&07777 != r.Mode {
+			if err := fs.Fchmodat(unix.AT_FDCWD, p, r.Mode); err != nil {
+				return fmt.Errorf("restore mode of %s: %w", p, err)
+			}
+			did = true
+		}
+		if st.Mtim != r.Mtime || st.Atim != r.Atime {
+			if err := fs.Lutimesat(unix.AT_FDCWD, p, r.Atime, r.Mtime); err != nil {
+				return fmt.Errorf("restore times of %s: %w", p, err)
+			}
+			did = true
+		}
+		if did {
+			restored++
+		}
+		return nil
+	})
+	return restored, skipped, err
+}

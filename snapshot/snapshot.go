@@ -1,0 +1,53 @@
+// Package snapshot builds, checks, restores and removes the hard-link shadow
+// of a directory tree.
+//
+// A shadow is a copy of a tree in which every directory is recreated (mode,
+// owner and times), every regular or special file is a hard link to the
+// original's inode, every symlink is recreated without being followed, and
+// files named by a copy list get a real copy of their content. Building it
+// copies no file data, but a hard link shares its inode, so the metadata of
+// every linked file is recorded in a manifest: a rollback restores it, and
+// detects linked files whose content was written in place (their old content
+// is lost: the shadow shares it).
+//
+// Every mutation goes through an fsys.FS. Nothing here syncs: making a
+// shadow durable is the caller's step (one syncfs covers it).
+package snapshot
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/treetx/treetx/internal/fsys"
+)
+
+// Options configures Build.
+type Options struct {
+	// Context, if set, stops the build when done.
+	Context context.Context
+	// FS performs every mutation. Nil means fsys.OS.
+	FS fsys.FS
+	// Exclude names entries (and, for directories, whole subtrees) the shadow
+	// leaves out.
+	Exclude *Matcher
+	// Copy names regular files that get a real copy instead of a hard link.
+	Copy *Matcher
+	// Manifest receives a record for every hard-linked file. Required.
+	Manifest *ManifestWriter
+	// Progress, if set, is called with the number of entries done so far,
+	// about every 10,000 entries.
+	Progress func(entries int64)
+	// Logger receives debug messages. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Stats counts what Build made.
+type Stats struct {
+	Dirs, Links, Copies, Symlinks int64
+	// Excluded lists the relative paths left out (a directory stands for its
+	// whole subtree).
+	Excluded []string
+}
+
+// Entries is the number of entries in the shadow, its root excluded.
+func (s *Stats) Entries() int64 { return s.Dirs + s.Links + s.Copies + s.Symlinks }

@@ -1,0 +1,251 @@
+package txn
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/lock"
+	"github.com/treetx/treetx/snapshot"
+)
+
+// Commit makes the changes to the directory durable, then drops the shadow
+// and releases the lock. Once its journal says "commit" (after the changes
+// are durable), a crash finishes the commit on recovery; before, a crash
+// rolls back. The result lists the linked files that were written in place,
+// as a warning: had the transaction failed, their old content was lost.
+func (tx *Tx) Commit() (*Result, error) {
+	if tx.done {
+		return nil, ErrDone
+	}
+	defer tx.close()
+	n := tx.n
+	res := &Result{LeftOut: tx.leftOut}
+	switch tx.j.Phase {
+	case PhaseRunning:
+		// Step: the command's changes are durable before the commit point.
+		tx.step("syncfs", n.Parent)
+		if err := tx.fs.Syncfs(tx.pfd); err != nil {
+			return res, fmt.Errorf("commit: make changes durable: syncfs %s: %w", n.Dir, err)
+		}
+		if err := tx.expectShadowAt(n.Complete); err != nil {
+			return res, fmt.Errorf("commit: %w", err)
+		}
+		inPlace, err := tx.changed(n.Complete)
+		if err != nil {
+			return res, fmt.Errorf("commit: %w", err)
+		}
+		res.InPlace = inPlace
+		if err := tx.setPhase(PhaseCommit); err != nil {
+			return res, fmt.Errorf("commit: %w", err)
+		}
+	case PhaseCommit:
+	default:
+		return res, fmt.Errorf("commit: transaction is in phase %q", tx.j.Phase)
+	}
+	if err := tx.discard(); err != nil {
+		return res, fmt.Errorf("commit: drop shadow: %w", err)
+	}
+	return res, nil
+}
+
+// Rollback puts the shadow back in place of the directory, so that it is
+// exactly as it was at Begin, and releases the lock. Entries the shadow left
+// out (Result.LeftOut) are not brought back. If linked files were written in
+// place, everything else is still restored, the failed tree is kept beside
+// the directory and the error is a *LostContentError. A crash at any step
+// leaves a state recovery finishes.
+func (tx *Tx) Rollback() (*Result, error) {
+	if tx.done {
+		return nil, ErrDone
+	}
+	defer tx.close()
+	n := tx.n
+	res := &Result{LeftOut: tx.leftOut}
+	switch tx.j.Phase {
+	case PhaseSnapshot:
+		// The directory was never touched.
+		if err := tx.discard(); err != nil {
+			return res, fmt.Errorf("rollback: drop shadow: %w", err)
+		}
+		return res, nil
+	case PhaseRunning:
+		if err := tx.expectShadowAt(n.Complete); err != nil {
+			return res, fmt.Errorf("rollback: %w", err)
+		}
+		lost, err := tx.changed(n.Complete)
+		if err != nil {
+			return res, fmt.Errorf("rollback: %w", err)
+		}
+		tx.j.Lost = lost
+		if err := tx.setPhase(PhaseRollback); err != nil {
+			return res, fmt.Errorf("rollback: %w", err)
+		}
+	case PhaseRollback:
+	default:
+		return res, fmt.Errorf("rollback: commit already began (phase %q): it can only be finished", tx.j.Phase)
+	}
+	res.Lost = tx.j.Lost
+	if err := tx.putBack(); err != nil {
+		return res, fmt.Errorf("rollback: %w", err)
+	}
+	if len(res.Lost) > 0 {
+		res.Kept = n.Path(n.Failed(tx.j.ID))
+		return res, &LostContentError{Dir: n.Dir, Paths: res.Lost, Kept: res.Kept}
+	}
+	return res, nil
+}
+
+// putBack finishes a rollback whose journal is durable: restore the linked
+// files' metadata, exchange the shadow and the directory, make both durable,
+// name the failed tree for removal (or keep it), end the transaction. Every
+// step checks where the shadow is by its inode, so putBack resumes at any
+// point a crash left.
+func (tx *Tx) putBack() error {
+	n := tx.n
+	swapped, err := tx.shadowInstalled()
+	if err != nil {
+		return err
+	}
+	failedName := n.Removing(tx.j.ID)
+	if len(tx.j.Lost) > 0 {
+		failedName = n.Failed(tx.j.ID)
+	}
+	if !swapped {
+		if err := tx.restore(n.Path(n.Complete)); err != nil {
+			return err
+		}
+		if err := tx.swap(failedName); err != nil {
+			return err
+		}
+	} else if err := tx.restore(n.Dir); err != nil {
+		return err
+	}
+	// Step: the restored metadata and the exchange are durable before the
+	// failed tree is renamed and the journal removed.
+	tx.step("syncfs", n.Parent)
+	if err := tx.fs.Syncfs(tx.pfd); err != nil {
+		return fmt.Errorf("make rollback durable: syncfs %s: %w", n.Parent, err)
+	}
+	// After the exchange, the name Complete holds the failed tree.
+	var st unix.Stat_t
+	err = unix.Fstatat(tx.pfd, n.Complete, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case err == nil:
+		if fileID(&st) == tx.j.Shadow {
+			return fmt.Errorf("%s still holds the shadow after the exchange", n.Path(n.Complete))
+		}
+		tx.step("rename", failedName)
+		if err := tx.fs.Renameat2(tx.pfd, n.Complete, tx.pfd, failedName, unix.RENAME_NOREPLACE); err != nil {
+			return fmt.Errorf("rename failed tree %s to %s: %w", n.Path(n.Complete), failedName, err)
+		}
+		if err := tx.fsyncParent(); err != nil {
+			return err
+		}
+	case !errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("stat %s: %w", n.Path(n.Complete), err)
+	}
+	return tx.finish()
+}
+
+// swap puts the shadow (at Complete) in place of the directory: one
+// renameat2(RENAME_EXCHANGE) where the file system has it, so the directory's
+// name never goes missing. Without it (EINVAL), the directory is renamed to
+// failedName and the shadow to the directory's name. If the directory is
+// gone, the shadow is renamed into its place.
+func (tx *Tx) swap(failedName string) error {
+	n := tx.n
+	tx.step("exchange", n.Base)
+	err := tx.fs.Renameat2(tx.pfd, n.Complete, tx.pfd, n.Base, unix.RENAME_EXCHANGE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENOENT):
+		// The command removed the directory itself.
+	case errors.Is(err, unix.EINVAL):
+		tx.step("rename", failedName)
+		if err := tx.fs.Renameat2(tx.pfd, n.Base, tx.pfd, failedName, unix.RENAME_NOREPLACE); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("rename %s to %s: %w", n.Dir, failedName, err)
+		}
+		if err := tx.fsyncParent(); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("exchange %s and %s: %w", n.Path(n.Complete), n.Dir, err)
+	}
+	tx.step("rename", n.Base)
+	if err := tx.fs.Renameat2(tx.pfd, n.Complete, tx.pfd, n.Base, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", n.Path(n.Complete), n.Dir, err)
+	}
+	return nil
+}
+
+// shadowInstalled reports whether the directory's name holds the shadow
+// (true) or the name Complete does (false); anything else is an error.
+func (tx *Tx) shadowInstalled() (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(tx.pfd, tx.n.Base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && fileID(&st) == tx.j.Shadow {
+		return true, nil
+	}
+	if err := tx.expectShadowAt(tx.n.Complete); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// expectShadowAt checks that name holds the journal's shadow.
+func (tx *Tx) expectShadowAt(name string) error {
+	var st unix.Stat_t
+	p := tx.n.Path(name)
+	if err := unix.Fstatat(tx.pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("shadow %s: %w", p, err)
+	}
+	if fileID(&st) != tx.j.Shadow {
+		return fmt.Errorf("%s is not the shadow the journal records (inode %d on device %d; journal: inode %d on device %d)", p, st.Ino, st.Dev, tx.j.Shadow.Ino, tx.j.Shadow.Dev)
+	}
+	return nil
+}
+
+// changed lists the linked files of the shadow at name written in place.
+func (tx *Tx) changed(name string) ([]string, error) {
+	f, err := os.Open(tx.n.Path(tx.n.Meta))
+	if err != nil {
+		return nil, fmt.Errorf("open manifest: %w", err)
+	}
+	defer f.Close()
+	return snapshot.Changed(tx.n.Path(name), f)
+}
+
+// restore gives the linked files under root their recorded metadata.
+func (tx *Tx) restore(root string) error {
+	f, err := os.Open(tx.n.Path(tx.n.Meta))
+	if err != nil {
+		return fmt.Errorf("open manifest: %w", err)
+	}
+	defer f.Close()
+	tx.step("restore metadata", root)
+	restored, skipped, err := snapshot.Restore(root, f, tx.fs)
+	if err != nil {
+		return err
+	}
+	tx.log.Debug("metadata restored", "files", restored, "skipped", skipped)
+	return nil
+}
+
+// Resume continues the transaction a crash left on the directory described
+// by n, whose journal is j, under lk, an exclusive lock on n.Lock the caller
+// took (the Tx releases it when it finishes). Call Commit if j's phase is
+// PhaseCommit, Rollback otherwise.
+func Resume(n Names, j *Journal, lk *lock.Lock, fs fsys.FS) (*Tx, error) {
+	tx := newTx(n, lk, fs, nil)
+	tx.j = *j
+	var err error
+	if tx.pfd, err = openDir(n.Parent); err != nil {
+		tx.close()
+		return nil, fmt.Errorf("open %s: %w", n.Parent, err)
+	}
+	return tx, nil
+}

@@ -1,0 +1,145 @@
+package txn
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/fsys"
+)
+
+// JournalVersion is the version of the journal format this package writes.
+const JournalVersion = 1
+
+// Phase is the step a transaction had reached, as its journal records it.
+type Phase string
+
+// The phases, in the order a transaction goes through them.
+const (
+	// PhaseSnapshot: the shadow is being built; the directory is untouched.
+	PhaseSnapshot Phase = "snapshot"
+	// PhaseRunning: the shadow is complete and durable; the directory may be
+	// changing. A crash here rolls back.
+	PhaseRunning Phase = "running"
+	// PhaseCommit: the changes are durable and the shadow is being dropped.
+	// A crash here finishes the commit.
+	PhaseCommit Phase = "commit"
+	// PhaseRollback: the shadow is being put back. A crash here finishes the
+	// rollback.
+	PhaseRollback Phase = "rollback"
+)
+
+// FileID identifies an inode.
+type FileID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+func fileID(st *unix.Stat_t) FileID { return FileID{Dev: st.Dev, Ino: st.Ino} }
+
+// Journal is the durable record of a transaction, kept beside the directory
+// and replaced atomically at each phase.
+type Journal struct {
+	Version int       `json:"version"`
+	ID      string    `json:"id"`
+	PID     int       `json:"pid"`
+	Host    string    `json:"host"`
+	User    string    `json:"user"`
+	Command []string  `json:"command"`
+	Start   time.Time `json:"start"`
+	Phase   Phase     `json:"phase"`
+	// Dir is the directory's inode when the transaction began.
+	Dir FileID `json:"dir"`
+	// Shadow is the shadow root's inode: recovery installs a tree only when
+	// its root is this inode.
+	Shadow FileID `json:"shadow"`
+	// Lost lists the hard-linked files whose old content a rollback found
+	// written in place (phase rollback only).
+	Lost []string `json:"lost,omitempty"`
+}
+
+// Errors reading a journal. Both mean recovery must not act on it.
+var (
+	ErrJournalCorrupt = errors.New("journal is unreadable or corrupt")
+	ErrJournalFuture  = errors.New("journal is from a newer version of treetx")
+)
+
+// ReadJournal reads and checks the journal at path. A missing journal is
+// reported as an error satisfying errors.Is(err, fs.ErrNotExist).
+func ReadJournal(path string) (*Journal, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parseJournal(path, data)
+}
+
+func parseJournal(path string, data []byte) (*Journal, error) {
+	var probe struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", path, ErrJournalCorrupt, err)
+	}
+	if probe.Version > JournalVersion {
+		return nil, fmt.Errorf("%s: %w (version %d; this treetx reads version %d)", path, ErrJournalFuture, probe.Version, JournalVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var j Journal
+	if err := dec.Decode(&j); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", path, ErrJournalCorrupt, err)
+	}
+	switch {
+	case j.Version != JournalVersion:
+		return nil, fmt.Errorf("%s: %w: version %d", path, ErrJournalCorrupt, j.Version)
+	case !isID(j.ID):
+		return nil, fmt.Errorf("%s: %w: bad id %q", path, ErrJournalCorrupt, j.ID)
+	case j.Shadow.Ino == 0:
+		return nil, fmt.Errorf("%s: %w: no shadow inode", path, ErrJournalCorrupt)
+	}
+	switch j.Phase {
+	case PhaseSnapshot, PhaseRunning, PhaseCommit, PhaseRollback:
+	default:
+		return nil, fmt.Errorf("%s: %w: unknown phase %q", path, ErrJournalCorrupt, j.Phase)
+	}
+	return &j, nil
+}
+
+// writeJournal replaces the journal atomically and durably: it writes a
+// temporary file, fsyncs it, renames it over the journal and fsyncs the
+// parent directory.
+func writeJournal(fs fsys.FS, pfd int, n Names, j *Journal) error {
+	data, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	data = append(data, '\n')
+	if err := fs.Unlinkat(pfd, n.JournalTmp, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("journal: remove stale %s: %w", n.Path(n.JournalTmp), err)
+	}
+	fd, err := fs.Create(pfd, n.JournalTmp, 0o644)
+	if err != nil {
+		return fmt.Errorf("journal: create %s: %w", n.Path(n.JournalTmp), err)
+	}
+	err = fs.Write(fd, data)
+	if err == nil {
+		err = fs.Fsync(fd)
+	}
+	unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("journal: write %s: %w", n.Path(n.JournalTmp), err)
+	}
+	if err := fs.Renameat2(pfd, n.JournalTmp, pfd, n.Journal, 0); err != nil {
+		return fmt.Errorf("journal: rename %s: %w", n.Path(n.Journal), err)
+	}
+	if err := fs.Fsync(pfd); err != nil {
+		return fmt.Errorf("journal: fsync %s: %w", n.Parent, err)
+	}
+	return nil
+}

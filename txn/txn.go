@@ -1,0 +1,415 @@
+// Package txn makes what a program does to a directory tree atomic and
+// crash-safe.
+//
+// Begin locks a directory, builds its hard-link shadow beside it (package
+// snapshot) and records the transaction in a journal beside it. The caller
+// then changes the directory in place. Commit makes the changes durable and
+// drops the shadow; Rollback puts the shadow back in place of the directory
+// with renames inside the parent, so that the directory is exactly as it was.
+// Run does all of this around a command.
+//
+// After a crash at any instant, the directory, its journal and the names
+// beside it hold enough to finish or undo the transaction: Resume continues a
+// transaction a crash left (package recover uses it). docs/protocol.md
+// describes every step, every sync and every crash state.
+//
+// Every file-system mutation goes through an fsys.FS, so tests can record,
+// fail or stop the protocol at any step.
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/lock"
+	"github.com/treetx/treetx/snapshot"
+)
+
+// Options configures a transaction.
+type Options struct {
+	// Exclude lists globs (see snapshot.Matcher) of entries the shadow leaves
+	// out, in addition to snapshot.DefaultExcludes.
+	Exclude []string
+	// Copy lists globs of regular files the shadow holds real copies of,
+	// because they are written in place. In a CVS repository (a directory
+	// with CVSROOT/) snapshot.CVSCopies are added unless NoCVSCopies is set.
+	Copy        []string
+	NoCVSCopies bool
+	// LockTimeout bounds the wait for the directory's lock: negative waits
+	// indefinitely, zero tries once.
+	LockTimeout time.Duration
+	// Command is recorded in the journal and the lock file; os.Args if nil.
+	Command []string
+	// FS performs every mutation; nil means fsys.OS.
+	FS fsys.FS
+	// Progress, if set, is called while the shadow is built with the number
+	// of entries made so far.
+	Progress func(entries int64)
+	// Logger receives a debug line per step; nil discards.
+	Logger *slog.Logger
+}
+
+// Tx is a transaction on one directory. It holds the directory's exclusive
+// lock from Begin until Commit or Rollback returns.
+type Tx struct {
+	n       Names
+	fs      fsys.FS
+	lk      *lock.Lock
+	pfd     int // the parent directory, open
+	j       Journal
+	log     *slog.Logger
+	leftOut []string
+	done    bool
+}
+
+// Result says what a finished transaction found.
+type Result struct {
+	// LeftOut lists the entries (relative paths) the shadow left out: lock
+	// and temporary files, and --exclude matches. They are outside the
+	// transaction; a rollback does not bring them back.
+	LeftOut []string
+	// InPlace lists, at commit, the hard-linked files whose content was
+	// written in place: had the transaction failed, their old content would
+	// have been lost.
+	InPlace []string
+	// Lost lists, at rollback, the hard-linked files whose old content was
+	// lost: they were written in place, through the inode the shadow shares.
+	Lost []string
+	// Kept is the path of the failed tree, kept for inspection when Lost is
+	// not empty.
+	Kept string
+}
+
+// Errors of a transaction that callers branch on.
+var (
+	// ErrNeedsRecovery: the directory holds what an interrupted transaction
+	// left; run recovery first.
+	ErrNeedsRecovery = errors.New("needs recovery")
+	// ErrDone: Commit or Rollback was called on a finished transaction.
+	ErrDone = errors.New("transaction already finished")
+)
+
+// LostContentError reports a rollback that restored everything but the old
+// content of files written in place.
+type LostContentError struct {
+	Dir   string
+	Paths []string // relative to Dir
+	Kept  string   // the failed tree, kept for inspection
+}
+
+func (e *LostContentError) Error() string {
+	return fmt.Sprintf("%s: rolled back, but the old content of %d file(s) written in place is lost (the failed tree is kept at %s)", e.Dir, len(e.Paths), e.Kept)
+}
+
+// Begin locks dir (waiting as opts.LockTimeout says), builds its shadow,
+// makes the shadow durable and records the transaction as running. dir may
+// be a symlink: it is resolved once, and the transaction is on the directory
+// it names. On error nothing is left behind and the lock is released.
+func Begin(dir string, opts Options) (*Tx, error) {
+	return BeginContext(context.Background(), dir, opts)
+}
+
+// BeginContext is Begin with a context that can cancel the wait for the
+// lock and the building of the shadow.
+func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err error) {
+	n, err := resolveDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	cmd := opts.Command
+	if cmd == nil {
+		cmd = os.Args
+	}
+	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lock.Options{
+		Mode: lock.Exclusive, Timeout: opts.LockTimeout, Self: lock.Holder{Command: cmd},
+	})
+	if err != nil {
+		return nil, err
+	}
+	tx = newTx(n, lk, opts.FS, opts.Logger)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, tx.abandon())
+			tx = nil
+		}
+	}()
+	if tx.pfd, err = openDir(n.Parent); err != nil {
+		return tx, fmt.Errorf("open %s: %w", n.Parent, err)
+	}
+	if err := tx.checkClean(); err != nil {
+		return tx, err
+	}
+	holder := lock.Holder{Command: cmd}
+	if h, herr := lock.ReadHolder(n.Path(n.Lock)); herr == nil && h != nil {
+		holder = *h
+	}
+	if tx.j.ID, err = newID(); err != nil {
+		return tx, err
+	}
+	tx.j.Version, tx.j.PID, tx.j.Host, tx.j.User = JournalVersion, os.Getpid(), holder.Host, holder.User
+	tx.j.Command, tx.j.Start = cmd, time.Now().UTC().Truncate(time.Millisecond)
+
+	var st unix.Stat_t
+	if err := unix.Stat(n.Dir, &st); err != nil {
+		return tx, fmt.Errorf("stat %s: %w", n.Dir, err)
+	}
+	tx.j.Dir = fileID(&st)
+	// Step: create the shadow root and record its inode in the journal.
+	tx.step("mkdir shadow", n.Incomplete)
+	if err := tx.fs.Mkdirat(tx.pfd, n.Incomplete, 0o700); err != nil {
+		return tx, fmt.Errorf("create shadow %s: %w", n.Path(n.Incomplete), err)
+	}
+	if err := unix.Fstatat(tx.pfd, n.Incomplete, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return tx, fmt.Errorf("stat %s: %w", n.Path(n.Incomplete), err)
+	}
+	tx.j.Shadow = fileID(&st)
+	if err := tx.setPhase(PhaseSnapshot); err != nil {
+		return tx, err
+	}
+	if err := tx.build(ctx, opts); err != nil {
+		return tx, err
+	}
+	// Step: the shadow and its manifest are durable before it is complete.
+	tx.step("syncfs", n.Parent)
+	if err := tx.fs.Syncfs(tx.pfd); err != nil {
+		return tx, fmt.Errorf("make shadow durable: syncfs %s: %w", n.Parent, err)
+	}
+	tx.step("rename", n.Complete)
+	if err := tx.fs.Renameat2(tx.pfd, n.Incomplete, tx.pfd, n.Complete, unix.RENAME_NOREPLACE); err != nil {
+		return tx, fmt.Errorf("rename %s to %s: %w", n.Path(n.Incomplete), n.Complete, err)
+	}
+	if err := tx.fsyncParent(); err != nil {
+		return tx, err
+	}
+	if err := tx.setPhase(PhaseRunning); err != nil {
+		return tx, err
+	}
+	return tx, nil
+}
+
+func newTx(n Names, lk *lock.Lock, fs fsys.FS, log *slog.Logger) *Tx {
+	if fs == nil {
+		fs = fsys.OS{}
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Tx{n: n, fs: fs, lk: lk, pfd: -1, log: log}
+}
+
+// build fills the shadow and writes the manifest.
+func (tx *Tx) build(ctx context.Context, opts Options) error {
+	n := tx.n
+	exclude, err := snapshot.NewMatcher(append(snapshot.DefaultExcludes(), opts.Exclude...)...)
+	if err != nil {
+		return fmt.Errorf("--exclude: %w", err)
+	}
+	copies := opts.Copy
+	if !opts.NoCVSCopies {
+		if fi, err := os.Stat(n.Dir + "/CVSROOT"); err == nil && fi.IsDir() {
+			copies = append(copies, snapshot.CVSCopies()...)
+		}
+	}
+	copyM, err := snapshot.NewMatcher(copies...)
+	if err != nil {
+		return fmt.Errorf("--copy: %w", err)
+	}
+	tx.step("create manifest", n.Meta)
+	if err := tx.fs.Unlinkat(tx.pfd, n.Meta, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove stale %s: %w", n.Path(n.Meta), err)
+	}
+	mfd, err := tx.fs.Create(tx.pfd, n.Meta, 0o600)
+	if err != nil {
+		return fmt.Errorf("create manifest %s: %w", n.Path(n.Meta), err)
+	}
+	defer unix.Close(mfd)
+	mw := snapshot.NewManifestWriter(fdWriter{tx.fs, mfd})
+	tx.step("build shadow", n.Incomplete)
+	stats, err := snapshot.Build(n.Dir, tx.pfd, n.Incomplete, snapshot.Options{
+		Context: ctx, FS: tx.fs, Exclude: exclude, Copy: copyM, Manifest: mw,
+		Progress: opts.Progress, Logger: tx.log,
+	})
+	if err != nil {
+		return err
+	}
+	tx.leftOut = stats.Excluded
+	if err := mw.Close(); err != nil {
+		return fmt.Errorf("write manifest %s: %w", n.Path(n.Meta), err)
+	}
+	tx.log.Debug("shadow built", "dirs", stats.Dirs, "links", stats.Links, "copies", stats.Copies, "symlinks", stats.Symlinks, "left out", len(stats.Excluded))
+	return nil
+}
+
+// checkClean refuses a directory whose parent holds leftovers of an
+// unfinished transaction, or shadow names treetx did not make, and clears
+// stale files no journal refers to.
+func (tx *Tx) checkClean() error {
+	n := tx.n
+	if _, err := os.Lstat(n.Path(n.Journal)); err == nil {
+		return fmt.Errorf("%s: %w: %s records an unfinished transaction; run: treetx recover %s", n.Dir, ErrNeedsRecovery, n.Path(n.Journal), n.Dir)
+	}
+	for _, name := range []string{n.Incomplete, n.Complete} {
+		if _, err := os.Lstat(n.Path(name)); err == nil {
+			return fmt.Errorf("%s: %w: %s exists but no journal claims it (not made by a treetx transaction); move it away, or run: treetx recover %s", n.Dir, ErrNeedsRecovery, n.Path(name), n.Dir)
+		}
+	}
+	for _, name := range []string{n.JournalTmp, n.Meta} {
+		if err := tx.fs.Unlinkat(tx.pfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove stale %s: %w", n.Path(name), err)
+		}
+	}
+	return nil
+}
+
+// Dir is the directory of the transaction (resolved, absolute).
+func (tx *Tx) Dir() string { return tx.n.Dir }
+
+// ID is the transaction's id, as its journal records it.
+func (tx *Tx) ID() string { return tx.j.ID }
+
+// Journal returns a copy of the transaction's journal as last written.
+func (tx *Tx) Journal() Journal { return tx.j }
+
+// LockFile returns a new descriptor of the transaction's lock, for a child
+// process to inherit (exec.Cmd.ExtraFiles): the lock then stays held until
+// the child and every descendant that inherited it have exited, even if this
+// process is killed. The caller closes it after starting the child.
+func (tx *Tx) LockFile() (*os.File, error) { return tx.lk.Inheritable() }
+
+func (tx *Tx) step(what, name string) { tx.log.Debug("step", "do", what, "name", name) }
+
+func (tx *Tx) setPhase(p Phase) error {
+	tx.step("journal "+string(p), tx.n.Journal)
+	tx.j.Phase = p
+	return writeJournal(tx.fs, tx.pfd, tx.n, &tx.j)
+}
+
+func (tx *Tx) fsyncParent() error {
+	tx.step("fsync", tx.n.Parent)
+	if err := tx.fs.Fsync(tx.pfd); err != nil {
+		return fmt.Errorf("fsync %s: %w", tx.n.Parent, err)
+	}
+	return nil
+}
+
+// close releases the lock and the parent's descriptor.
+func (tx *Tx) close() error {
+	tx.done = true
+	if tx.pfd >= 0 {
+		unix.Close(tx.pfd)
+		tx.pfd = -1
+	}
+	return tx.lk.Release()
+}
+
+// abandon undoes a Begin that failed: the directory was never touched, so
+// the shadow (only if it is the one this transaction made), its manifest
+// and the journal are removed.
+func (tx *Tx) abandon() error {
+	defer tx.close()
+	if tx.pfd < 0 || tx.j.Shadow.Ino == 0 {
+		return nil
+	}
+	return tx.discard()
+}
+
+// discard drops the shadow of a transaction that never touched the
+// directory, or whose commit is durable: it renames the shadow (whichever of
+// its names holds the journal's inode) to a removal name, makes that
+// durable, removes the journal and the manifest, then deletes the tree.
+func (tx *Tx) discard() error {
+	n := tx.n
+	for _, name := range []string{n.Incomplete, n.Complete} {
+		var st unix.Stat_t
+		if err := unix.Fstatat(tx.pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return fmt.Errorf("stat %s: %w", n.Path(name), err)
+		}
+		if fileID(&st) != tx.j.Shadow {
+			return fmt.Errorf("%s is not the shadow the journal records (inode %d, journal %d): left alone", n.Path(name), st.Ino, tx.j.Shadow.Ino)
+		}
+		tx.step("rename", n.Removing(tx.j.ID))
+		if err := tx.fs.Renameat2(tx.pfd, name, tx.pfd, n.Removing(tx.j.ID), unix.RENAME_NOREPLACE); err != nil {
+			return fmt.Errorf("rename %s to %s: %w", n.Path(name), n.Removing(tx.j.ID), err)
+		}
+		if err := tx.fsyncParent(); err != nil {
+			return err
+		}
+	}
+	return tx.finish()
+}
+
+// finish ends a transaction whose directory is in its final state: it
+// removes the manifest and the journal durably, then deletes the trees
+// named for removal.
+func (tx *Tx) finish() error {
+	n := tx.n
+	for _, name := range []string{n.Meta, n.JournalTmp, n.Journal} {
+		tx.step("unlink", name)
+		if err := tx.fs.Unlinkat(tx.pfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove %s: %w", n.Path(name), err)
+		}
+	}
+	if err := tx.fsyncParent(); err != nil {
+		return err
+	}
+	return tx.removeGarbage()
+}
+
+// removeGarbage deletes every tree of the directory named for removal.
+func (tx *Tx) removeGarbage() error {
+	names, err := readNames(tx.n.Parent)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, name := range names {
+		if tx.n.Classify(name) != KindRemoving {
+			continue
+		}
+		tx.step("remove tree", name)
+		errs = append(errs, snapshot.Remove(tx.n.Parent, name, tx.fs))
+	}
+	return errors.Join(errs...)
+}
+
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+func openDir(path string) (int, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+// fdWriter writes to a descriptor through the seam.
+type fdWriter struct {
+	fs fsys.FS
+	fd int
+}
+
+func (w fdWriter) Write(p []byte) (int, error) {
+	if err := w.fs.Write(w.fd, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
