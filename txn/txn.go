@@ -350,18 +350,24 @@ func (tx *Tx) discard() error {
 }
 
 // finish ends a transaction whose directory is in its final state: it
-// removes the manifest and the journal durably, then deletes the trees
-// named for removal.
+// removes the journal durably (the transaction is over), then the manifest,
+// then deletes the trees named for removal. The manifest goes after the
+// journal: a journal without its manifest could not be recovered, a manifest
+// without a journal is garbage.
 func (tx *Tx) finish() error {
 	n := tx.n
-	for _, name := range []string{n.Meta, n.JournalTmp, n.Journal} {
+	tx.step("unlink", n.Journal)
+	if err := tx.fs.Unlinkat(tx.pfd, n.Journal, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove %s: %w", n.Path(n.Journal), err)
+	}
+	if err := tx.fsyncParent(); err != nil {
+		return err
+	}
+	for _, name := range []string{n.Meta, n.JournalTmp} {
 		tx.step("unlink", name)
 		if err := tx.fs.Unlinkat(tx.pfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove %s: %w", n.Path(name), err)
 		}
-	}
-	if err := tx.fsyncParent(); err != nil {
-		return err
 	}
 	return tx.removeGarbage()
 }

@@ -1,0 +1,319 @@
+package txn_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/treeimage"
+	txrecover "github.com/treetx/treetx/recover"
+	"github.com/treetx/treetx/txn"
+)
+
+// The crash tests run a transaction (or a recovery) in a child process,
+// which kills itself with SIGKILL right after mutation number N, so that no
+// deferred code runs. The parent then recovers and checks the invariant: the
+// directory is exactly the old tree, or exactly the new one if the commit
+// point (the journal saying "commit") was reached; nothing else is left.
+
+const (
+	envChild = "TREETX_TEST_CRASH_CHILD" // "txn" or "recover"
+	envDir   = "TREETX_TEST_CRASH_DIR"
+	envPath  = "TREETX_TEST_CRASH_PATH" // "commit" or "rollback"
+	envAfter = "TREETX_TEST_CRASH_AFTER"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envChild) != "" {
+		os.Exit(crashChild())
+	}
+	os.Exit(m.Run())
+}
+
+// crashChild is the victim process.
+func crashChild() int {
+	after, _ := strconv.Atoi(os.Getenv(envAfter))
+	f := &fsystest.FS{CrashAfter: after}
+	dir := os.Getenv(envDir)
+	if os.Getenv(envChild) == "recover" {
+		if _, err := txrecover.Recover(dir, txrecover.Options{FS: f}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 3
+		}
+		return 0
+	}
+	if err := transact(dir, os.Getenv(envPath), f); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 3
+	}
+	return 0
+}
+
+// transact runs one whole transaction on dir through fs.
+func transact(dir, path string, fs *fsystest.FS) error {
+	tx, err := txn.Begin(dir, txn.Options{FS: fs})
+	if err != nil {
+		return err
+	}
+	if err := mutate(dir); err != nil {
+		return errors.Join(err, rollbackErr(tx.Rollback()))
+	}
+	if path == "commit" {
+		_, err = tx.Commit()
+	} else {
+		_, err = tx.Rollback()
+	}
+	return err
+}
+
+func rollbackErr(_ *txn.Result, err error) error { return err }
+
+var fixedTime = time.Date(2020, 5, 6, 7, 8, 9, 123456789, time.UTC)
+
+// mutate changes a sample tree the way a CVS-like program does: replace by
+// rename, delete, create, chmod through the shared inode, append to a
+// copied file, remove an empty directory, swap a symlink. Every file it
+// writes gets a fixed mtime, so the new tree is the same in every run.
+func mutate(dir string) error {
+	p := func(rel string) string { return filepath.Join(dir, rel) }
+	steps := []func() error{
+		func() error { return os.WriteFile(p("mod/d1/,f1.c,"), []byte("new revision\n"), 0o444) },
+		func() error { return os.Chtimes(p("mod/d1/,f1.c,"), fixedTime, fixedTime) },
+		func() error { return os.Rename(p("mod/d1/,f1.c,"), p("mod/d1/f1.c,v")) },
+		func() error { return os.Remove(p("a/b/notes.txt")) },
+		func() error { return os.Mkdir(p("mod/d3"), 0o775) },
+		func() error { return os.WriteFile(p("mod/d3/f3.c,v"), []byte("added\n"), 0o444) },
+		func() error { return os.Chtimes(p("mod/d3/f3.c,v"), fixedTime, fixedTime) },
+		func() error { return os.Chmod(p("a/run.sh"), 0o700) },
+		func() error {
+			f, err := os.OpenFile(p("CVSROOT/history"), os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				return err
+			}
+			_, err = f.WriteString("A67a1b2c4|sample|~/mod|mod/d3|1.1|f3.c\n")
+			return errors.Join(err, f.Close())
+		},
+		func() error { return os.Chtimes(p("CVSROOT/history"), fixedTime, fixedTime) },
+		func() error { return os.Remove(p("empty")) },
+		func() error { return os.Remove(p("links/dangling")) },
+		func() error { return os.Symlink("../mod", p("links/to-mod")) },
+		func() error {
+			ts := []unix.Timespec{unix.NsecToTimespec(fixedTime.UnixNano()), unix.NsecToTimespec(fixedTime.UnixNano())}
+			return unix.UtimesNanoAt(unix.AT_FDCWD, p("links/to-mod"), ts, unix.AT_SYMLINK_NOFOLLOW)
+		},
+	}
+	for i, s := range steps {
+		if err := s(); err != nil {
+			return fmt.Errorf("mutate step %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// images returns the old and new images of the sample tree.
+func images(t *testing.T) (old, new treeimage.Image) {
+	t.Helper()
+	dir := newSample(t)
+	old = treeimage.MustCapture(t, dir, treeimage.Options{})
+	if err := mutate(dir); err != nil {
+		t.Fatal(err)
+	}
+	new = treeimage.MustCapture(t, dir, treeimage.Options{IgnoreDirMtime: true})
+	return old, new
+}
+
+// newSample builds the sample tree as PARENT/repo in a new temporary parent.
+func newSample(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "repo")
+	if err := treeimage.BuildSample(dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// runChild runs a victim and reports whether it crashed (true) or finished.
+func runChild(t *testing.T, kind, dir, path string, after int) bool {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envChild+"="+kind, envDir+"="+dir, envPath+"="+path, envAfter+"="+strconv.Itoa(after))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return true
+		}
+	}
+	if err != nil {
+		t.Fatalf("%s child (crash after step %d) failed: %v\n%s", kind, after, err, out)
+	}
+	return false
+}
+
+// dryRun records the steps of a whole transaction and returns them with the
+// commit point: the step that makes the journal say "commit" (0 on the
+// rollback path).
+func dryRun(t *testing.T, path string) (ops []fsystest.Op, commitPoint int) {
+	t.Helper()
+	dir := newSample(t)
+	fs := &fsystest.FS{Record: true}
+	if err := transact(dir, path, fs); err != nil {
+		t.Fatal(err)
+	}
+	ops = fs.Ops()
+	journals := 0
+	for _, op := range ops {
+		if op.Kind == "renameat2" && strings.HasSuffix(op.Path2, ".#treetx.repo.journal") {
+			journals++
+			if journals == 3 && path == "commit" {
+				commitPoint = op.Step
+			}
+		}
+	}
+	if path == "commit" && commitPoint == 0 {
+		t.Fatalf("no commit point among %d steps", len(ops))
+	}
+	return ops, commitPoint
+}
+
+// checkInvariant recovers dir and checks it holds want, with nothing but
+// the lock file left beside it. It returns a description of the violation.
+func checkInvariant(t *testing.T, dir string, want treeimage.Image, opts treeimage.Options) string {
+	t.Helper()
+	if _, err := txrecover.Recover(dir, txrecover.Options{}); err != nil {
+		return fmt.Sprintf("recover: %v", err)
+	}
+	got, err := treeimage.Capture(dir, opts)
+	if err != nil {
+		return fmt.Sprintf("capture: %v", err)
+	}
+	if d := want.Diff(got); d != nil {
+		return fmt.Sprintf("tree differs: %s", strings.Join(d[:min(len(d), 5)], "; "))
+	}
+	names, err := os.ReadDir(filepath.Dir(dir))
+	if err != nil {
+		return err.Error()
+	}
+	var left []string
+	for _, e := range names {
+		if e.Name() != "repo" && e.Name() != ".#treetx.repo.lock" {
+			left = append(left, e.Name())
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Sprintf("left behind: %v", left)
+	}
+	return ""
+}
+
+func TestCrashAfterEveryStep(t *testing.T) {
+	old, new := images(t)
+	total, violations := 0, 0
+	for _, path := range []string{"commit", "rollback"} {
+		t.Run(path, func(t *testing.T) {
+			ops, commitPoint := dryRun(t, path)
+			for n := 1; ; n++ {
+				dir := newSample(t)
+				if !runChild(t, "txn", dir, path, n) {
+					if n <= len(ops) {
+						t.Errorf("the victim finished before step %d of %d", n, len(ops))
+					}
+					break
+				}
+				total++
+				want, opts, label := old, treeimage.Options{}, "old"
+				if commitPoint > 0 && n >= commitPoint {
+					want, opts, label = new, treeimage.Options{IgnoreDirMtime: true}, "new"
+				}
+				if v := checkInvariant(t, dir, want, opts); v != "" {
+					violations++
+					t.Errorf("crash after step %s: want the %s tree: %s", ops[n-1], label, v)
+				}
+			}
+		})
+	}
+	t.Logf("crash points: %d checked, %d violations", total, violations)
+	fmt.Printf("crash points: %d checked, %d violations\n", total, violations)
+}
+
+// TestCrashDuringRecovery crashes a transaction after each step of the
+// protocol proper, then crashes the recovery after each of its steps, then
+// recovers again. Steps inside a tree being built or deleted are left out
+// (every crash state there is alike: a partial tree under a name that is
+// garbage), except in the crash-after-every-step test above.
+func TestCrashDuringRecovery(t *testing.T) {
+	old, new := images(t)
+	total, violations := 0, 0
+	for _, path := range []string{"commit", "rollback"} {
+		t.Run(path, func(t *testing.T) {
+			ops, commitPoint := dryRun(t, path)
+			for _, op := range ops {
+				if insideTree(op) || testing.Short() && op.Step%5 != 0 {
+					continue
+				}
+				want, opts := old, treeimage.Options{}
+				if commitPoint > 0 && op.Step >= commitPoint {
+					want, opts = new, treeimage.Options{IgnoreDirMtime: true}
+				}
+				// Record what this recovery does, to crash it after each step.
+				dir := newSample(t)
+				if !runChild(t, "txn", dir, path, op.Step) {
+					t.Fatalf("the victim finished before step %d", op.Step)
+				}
+				rfs := &fsystest.FS{Record: true}
+				if _, err := txrecover.Recover(dir, txrecover.Options{FS: rfs}); err != nil {
+					t.Fatalf("crash after step %s: recover: %v", op, err)
+				}
+				for _, rop := range rfs.Ops() {
+					if insideTree(rop) {
+						continue
+					}
+					dir := newSample(t)
+					runChild(t, "txn", dir, path, op.Step)
+					runChild(t, "recover", dir, path, rop.Step)
+					total++
+					if v := checkInvariant(t, dir, want, opts); v != "" {
+						violations++
+						t.Errorf("crash after step %s, then recovery crash after its step %s: %s", op, rop, v)
+					}
+				}
+			}
+		})
+	}
+	fmt.Printf("recovery crash points: %d checked, %d violations\n", total, violations)
+}
+
+// insideTree tells an op on an entry inside a shadow being built or a tree
+// being deleted.
+func insideTree(op fsystest.Op) bool {
+	return insideRE.MatchString(op.Path) || insideRE.MatchString(op.Path2)
+}
+
+var insideRE = regexp.MustCompile(`\.#treetx\.repo\.(incomplete|removing\.[0-9a-f]{16})/`)
+
+func TestDryRunStepsAreDeterministic(t *testing.T) {
+	a, _ := dryRun(t, "rollback")
+	b, _ := dryRun(t, "rollback")
+	kinds := func(ops []fsystest.Op) []string {
+		var k []string
+		for _, o := range ops {
+			k = append(k, o.Kind)
+		}
+		return k
+	}
+	if !slices.Equal(kinds(a), kinds(b)) {
+		t.Fatalf("two runs took different steps:\n%v\n%v", kinds(a), kinds(b))
+	}
+}
