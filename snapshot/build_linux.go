@@ -246,4 +246,6 @@ func readlinkAt(dirfd int, name string) (string, error) {
 }
 
 // joinRel joins a relative slash path to a root directory path.
-func joinRel(root, rel string) string { return filepath.Join(root, filepath.FromSlash(path.Clean(rel))) }
+func joinRel(root, rel string) string {
+	return filepath.Join(root, filepath.FromSlash(path.Clean(rel)))
+}
