@@ -35,7 +35,8 @@ func Changed(root string, manifest io.Reader) ([]string, error) {
 }
 
 // Restore gives every hard-linked file of the tree at root the mode, owner and
-// times the manifest recorded, where they differ. It is idempotent. A record
+// times the manifest recorded, where they differ; a file written in place
+// (size or mtime changed) keeps its times. It is idempotent. A record
 // whose path is missing or is another inode is skipped and counted in
 // skipped: that happens only when root is not the shadow the manifest was
 // taken for.
@@ -71,7 +72,9 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 			}
 			did = true
 		}
-		if st.Mtim != r.Mtime || st.Atim != r.Atime {
+		// A file written in place keeps its new times, so that it still
+		// looks changed: its old content is lost.
+		if !r.contentChanged(&st) && st.Atim != r.Atime {
 			if err := fs.Lutimesat(unix.AT_FDCWD, p, r.Atime, r.Mtime); err != nil {
 				return fmt.Errorf("restore times of %s: %w", p, err)
 			}
