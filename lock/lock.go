@@ -40,10 +40,12 @@ type Mode int
 
 const (
 	// Exclusive excludes every other holder, exclusive or shared. An
-	// exclusive holder records itself in the lock file (see Holder).
+	// exclusive holder records itself in the lock file (see Holder). If it
+	// crashes, the kernel releases the lock and the record stays, stale.
 	Exclusive Mode = iota
 	// Shared coexists with other shared holders and excludes exclusive
-	// ones. A shared holder records nothing.
+	// ones. A shared holder records nothing, so a crashed one leaves
+	// nothing behind.
 	Shared
 )
 
@@ -133,7 +135,8 @@ type Options struct {
 	// ignores it. Acquire fills its zero fields with this process's: PID
 	// with os.Getpid, Host with os.Hostname, User with the current user's
 	// name, Command with os.Args and Since with the time the lock was had.
-	// Stale is ignored.
+	// Stale is ignored. If this process crashes, Self stays in the lock
+	// file, where ReadHolder reports it as Stale.
 	Self Holder
 }
 
@@ -212,7 +215,9 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 	}
 	if opts.Mode == Exclusive {
 		self, err := fillHolder(opts.Self)
-		if err == nil {
+		if err != nil {
+			err = fmt.Errorf("lock %s: record holder: %w", path, err)
+		} else {
 			err = l.writeRecord(self)
 		}
 		if err != nil {
@@ -226,18 +231,17 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 func (l *Lock) Path() string { return l.path }
 
 // Release unlocks the lock and closes the lock file, which stays in place.
-// An exclusive holder first clears its record (truncates the file), unless
-// Inheritable was called: the record then stays, since the lock may still be
-// held by the child the descriptor was passed to.
+// An exclusive holder first clears its record (truncates the file).
 //
-// After Inheritable, Release does not unlock: unlocking through any
-// descriptor of the open file description would release the lock for the
-// child too. It only drops this process's reference, so the lock is released
-// when the last copy (this process's Inheritable file, the child's, its
-// descendants') is closed.
+// The unlock is flock(LOCK_UN) on the open file description, so it also ends
+// the lock for every process that inherited a descriptor from Inheritable:
+// once the holder has finished, a background process its child left behind
+// does not keep the lock. Only a holder that dies without calling Release
+// leaves the lock to its children (see Inheritable).
 //
 // Release is idempotent: once it has succeeded, later calls return nil. If
-// the process dies instead of calling Release, the kernel releases the lock.
+// the process dies instead of calling Release, the kernel releases the lock
+// when the last descriptor of it is closed.
 func (l *Lock) Release() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -245,14 +249,7 @@ func (l *Lock) Release() error {
 		return nil
 	}
 	var errs []error
-	switch {
-	case l.inheritedFD >= 0:
-		// Point f's descriptor at another file, so that f.Unlock below
-		// unlocks and closes that instead of the shared lock.
-		if err := detachFD(l.inheritedFD, l.fi); err != nil {
-			return fmt.Errorf("lock %s: release: %w", l.path, err)
-		}
-	case l.mode == Exclusive && l.fi != nil:
+	if l.mode == Exclusive && l.fi != nil {
 		if err := l.clearRecord(); err != nil {
 			errs = append(errs, err)
 		}
@@ -276,8 +273,8 @@ func (l *Lock) Release() error {
 //
 // Inheritable works on Linux only (elsewhere it returns an error). It fails if
 // this process holds several locks on the same lock file, since it cannot
-// tell which descriptor is this Lock's. After Inheritable, Release no longer
-// unlocks; see Release.
+// tell which descriptor is this Lock's. Release ends the lock for the child
+// too; see Release.
 func (l *Lock) Inheritable() (*os.File, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -367,7 +364,7 @@ func fillHolder(h Holder) (Holder, error) {
 	if h.Host == "" {
 		host, err := os.Hostname()
 		if err != nil {
-			return h, fmt.Errorf("lock: record holder: hostname: %w", err)
+			return h, fmt.Errorf("hostname: %w", err)
 		}
 		h.Host = host
 	}
@@ -427,7 +424,9 @@ func ReadHolder(path string) (*Holder, error) {
 	return &h, nil
 }
 
-// HeldError reports a lock that could not be had in time.
+// HeldError reports a lock that could not be had in time. The holder that
+// kept it is alive (or has handed the lock to a live child; see Inheritable):
+// the kernel releases the locks of processes that die.
 type HeldError struct {
 	// Path is the lock file's path.
 	Path string

@@ -127,25 +127,6 @@ func dupLockFD(fd int, fi fs.FileInfo, name string) (*os.File, error) {
 	return os.NewFile(uintptr(nfd), name), nil
 }
 
-// detachFD makes descriptor fd, which lockFD returned for fi, refer to
-// /dev/null instead of the locked open file description, without unlocking
-// it. Whoever owns fd (gofrs/flock) can then unlock and close it without
-// releasing the lock held through other copies of the description.
-func detachFD(fd int, fi fs.FileInfo) error {
-	if _, err := lockFD(fi, fd); err != nil {
-		return err
-	}
-	null, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", os.DevNull, err)
-	}
-	defer unix.Close(null)
-	if err := unix.Dup3(null, fd, unix.O_CLOEXEC); err != nil {
-		return fmt.Errorf("detach descriptor %d: dup3: %w", fd, err)
-	}
-	return nil
-}
-
 // startSlack is how much later than a record's Since its pid's process may
 // appear to have started and still be taken for the recorder: the start time
 // computed from /proc is only good to about a second.
@@ -156,9 +137,11 @@ const startSlack = 5 * time.Second
 const clockTicks = 100
 
 // processRunning reports whether the process pid, which recorded itself at
-// since, still runs on this host: kill(pid, 0) does not fail with ESRCH, and
-// the process with that pid did not start after since (which would mean the
-// pid was reused, as after a reboot). When in doubt it reports true.
+// since, still runs on this host. It does not if kill(pid, 0) fails with
+// ESRCH, if the process is a zombie (it has exited, and so closed its
+// descriptors, but has not been waited for), or if it started after since,
+// which means the pid was reused (after a reboot, say). When in doubt it
+// reports true.
 func processRunning(pid int, since time.Time) bool {
 	if pid <= 0 {
 		return false
@@ -166,44 +149,45 @@ func processRunning(pid int, since time.Time) bool {
 	if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
 		return false
 	}
-	if since.IsZero() {
-		return true
-	}
-	start, err := processStart(pid)
+	state, start, err := processStat(pid)
 	if err != nil {
 		return true
 	}
-	return !start.After(since.Add(startSlack))
+	if state == "Z" || state == "X" {
+		return false
+	}
+	return since.IsZero() || !start.After(since.Add(startSlack))
 }
 
-// processStart returns when process pid started, from its start time in
-// /proc/PID/stat (clock ticks since boot) and the boot time in /proc/stat.
-func processStart(pid int) (time.Time, error) {
+// processStat returns the state of process pid and when it started, from
+// /proc/PID/stat (where the start time is in clock ticks since boot) and the
+// boot time in /proc/stat.
+func processStat(pid int) (state string, start time.Time, err error) {
 	statPath := "/proc/" + strconv.Itoa(pid) + "/stat"
 	data, err := os.ReadFile(statPath)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("read %s: %w", statPath, err)
+		return "", time.Time{}, fmt.Errorf("read %s: %w", statPath, err)
 	}
 	// The second field, the command name in parentheses, may hold spaces
 	// and parentheses; the fields after the last ')' start with the third.
 	i := strings.LastIndexByte(string(data), ')')
 	if i < 0 {
-		return time.Time{}, fmt.Errorf("parse %s: no ')'", statPath)
+		return "", time.Time{}, fmt.Errorf("parse %s: no ')'", statPath)
 	}
 	fields := strings.Fields(string(data[i+1:]))
-	const startField = 22 - 3
+	const stateField, startField = 3 - 3, 22 - 3
 	if len(fields) <= startField {
-		return time.Time{}, fmt.Errorf("parse %s: %d fields", statPath, len(fields)+2)
+		return "", time.Time{}, fmt.Errorf("parse %s: %d fields", statPath, len(fields)+2)
 	}
 	ticks, err := strconv.ParseUint(fields[startField], 10, 64)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("parse %s: start time: %w", statPath, err)
+		return "", time.Time{}, fmt.Errorf("parse %s: start time: %w", statPath, err)
 	}
 	boot, err := bootTime()
 	if err != nil {
-		return time.Time{}, err
+		return "", time.Time{}, err
 	}
-	return boot.Add(time.Duration(ticks) * time.Second / clockTicks), nil
+	return fields[stateField], boot.Add(time.Duration(ticks) * time.Second / clockTicks), nil
 }
 
 // bootTime returns when the system booted, from the btime line of /proc/stat.

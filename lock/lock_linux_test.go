@@ -2,6 +2,7 @@ package lock
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"strconv"
@@ -52,22 +53,22 @@ func TestInheritable(t *testing.T) {
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
 			}
-			mustRelease(t, l)
-
 			got := probe(t, path, Exclusive)
 			if !strings.HasPrefix(got, "held: ") {
-				t.Fatalf("probe after the parent released, child alive: %q, want held", got)
+				t.Fatalf("probe with parent and child holding: %q, want held", got)
 			}
 			if tt.mode == Exclusive {
-				// The record stays: it names this process, which is alive.
 				if want := "held by pid " + strconv.Itoa(os.Getpid()) + " "; !strings.Contains(got, want) {
 					t.Errorf("probe: %q, want it to contain %q", got, want)
 				}
 			}
-			child.finish(t)
+			// Release ends the lock for the child too: a process left behind
+			// by a finished holder does not keep it.
+			mustRelease(t, l)
 			if got := probe(t, path, Exclusive); got != "free" {
-				t.Errorf("probe after the child exited: %q, want free", got)
+				t.Errorf("probe after the parent released, child alive: %q, want free", got)
 			}
+			child.finish(t)
 		})
 	}
 }
@@ -76,7 +77,18 @@ func TestInheritable(t *testing.T) {
 // that took the lock is killed, and the child it passed the lock to keeps it.
 func TestInheritableSurvivesSIGKILL(t *testing.T) {
 	path := lockPath(t)
-	parent := startHelper(t, "inherit", path, Exclusive)
+	// The child's stdin, shared with its parent: a pipe of our own, since
+	// exec.Cmd would close a StdinPipe once the parent is killed and waited
+	// for, ending the child too.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cmd := helperCommand("inherit", path, Exclusive)
+	cmd.Stdin = r
+	parent := startCmd(t, cmd)
+	r.Close()
 	fields := strings.Fields(parent.line(t))
 	if len(fields) != 2 || fields[0] != "locked" {
 		t.Fatalf("inherit helper printed %q", fields)
@@ -92,8 +104,8 @@ func TestInheritableSurvivesSIGKILL(t *testing.T) {
 	if got := probe(t, path, Exclusive); !strings.HasPrefix(got, "held: ") {
 		t.Fatalf("probe after the parent was killed, child alive: %q, want held", got)
 	}
-	// Closing the stdin the child shares with its dead parent ends it.
-	parent.stdin.Close()
+	// Closing the stdin the child shared with its dead parent ends it.
+	w.Close()
 	waitFree(t, path)
 }
 
@@ -162,15 +174,19 @@ func TestInheritableTwice(t *testing.T) {
 		}
 		files = append(files, f)
 	}
-	mustRelease(t, l)
 	for i, f := range files {
 		if got := probe(t, path, Exclusive); !strings.HasPrefix(got, "held: ") {
 			t.Fatalf("probe with %d copies open: %q, want held", len(files)-i, got)
 		}
 		f.Close()
 	}
+	// Closing the copies did not unlock: the Lock's own descriptor holds it.
+	if got := probe(t, path, Exclusive); !strings.HasPrefix(got, "held: ") {
+		t.Fatalf("probe after closing the copies: %q, want held", got)
+	}
+	mustRelease(t, l)
 	if got := probe(t, path, Exclusive); got != "free" {
-		t.Errorf("probe after closing every copy: %q, want free", got)
+		t.Errorf("probe after Release: %q, want free", got)
 	}
 }
 
@@ -180,6 +196,32 @@ func deadPID(t *testing.T) int {
 	cmd := helperCommand("none", "", Exclusive)
 	_ = cmd.Run() // the helper fails on the unknown role
 	return cmd.Process.Pid
+}
+
+// zombiePID returns the pid of a child that has exited but is not waited for
+// until the test ends.
+func zombiePID(t *testing.T) int {
+	t.Helper()
+	cmd := helperCommand("none", "", Exclusive)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Wait() })
+	pid := cmd.Process.Pid
+	deadline := time.Now().Add(waitLimit)
+	for {
+		state, _, err := processStat(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state == "Z" {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d still in state %s after %v", pid, state, waitLimit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func TestReadHolderStale(t *testing.T) {
@@ -196,6 +238,7 @@ func TestReadHolderStale(t *testing.T) {
 		{"this process", Holder{PID: os.Getpid(), Host: host, Since: now}, false},
 		{"this process, no time", Holder{PID: os.Getpid(), Host: host}, false},
 		{"exited process", Holder{PID: deadPID(t), Host: host, Since: now}, true},
+		{"exited process not waited for", Holder{PID: zombiePID(t), Host: host, Since: now}, true},
 		{"pid reused since the record", Holder{PID: os.Getpid(), Host: host, Since: time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)}, true},
 		{"invalid pid", Holder{PID: 0, Host: host, Since: now}, true},
 		{"exited process on another host", Holder{PID: deadPID(t), Host: "elsewhere.invalid", Since: now}, false},
@@ -203,11 +246,15 @@ func TestReadHolderStale(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := lockPath(t)
-			l, err := Acquire(context.Background(), path, Options{Mode: Exclusive, Self: tt.h})
+			// Written as a dead holder would leave it (Acquire would fill
+			// in a zero pid).
+			data, err := json.Marshal(tt.h)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer mustRelease(t, l)
+			if err := os.WriteFile(path, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
 			got, err := ReadHolder(path)
 			if err != nil || got == nil {
 				t.Fatalf("ReadHolder = %v, %v", got, err)

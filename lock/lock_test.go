@@ -96,8 +96,9 @@ func runHelper(role, path, modeName string) error {
 			return err
 		}
 		child := helperCommand("sleep", path, mode)
+		// Only stdin is shared: after killing this process, the test
+		// waits for its stdout and stderr to close.
 		child.Stdin = os.Stdin
-		child.Stderr = os.Stderr
 		child.ExtraFiles = []*os.File{f}
 		if err := child.Start(); err != nil {
 			return err
@@ -134,11 +135,21 @@ func startHelper(t *testing.T, role, path string, mode Mode, extra ...*os.File) 
 	t.Helper()
 	cmd := helperCommand(role, path, mode)
 	cmd.ExtraFiles = extra
+	return startCmd(t, cmd)
+}
+
+// startCmd starts a helper command made by helperCommand; it is killed when
+// the test ends. Unless cmd.Stdin is set, the helper's stdin is a pipe that
+// finish closes.
+func startCmd(t *testing.T, cmd *exec.Cmd) *helper {
+	t.Helper()
 	h := &helper{cmd: cmd, lines: make(chan string, 16), stderr: new(bytes.Buffer)}
 	cmd.Stderr = h.stderr
 	var err error
-	if h.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
+	if cmd.Stdin == nil {
+		if h.stdin, err = cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -189,7 +200,9 @@ func (h *helper) expect(t *testing.T, want string) {
 // finish closes the helper's stdin and waits for it to exit successfully.
 func (h *helper) finish(t *testing.T) {
 	t.Helper()
-	h.stdin.Close()
+	if h.stdin != nil {
+		h.stdin.Close()
+	}
 	h.done = true
 	if err := h.cmd.Wait(); err != nil {
 		t.Fatalf("helper %v: %v; stderr: %s", h.cmd.Args, err, h.stderr)

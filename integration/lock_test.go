@@ -1,0 +1,155 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/treetx/treetx/internal/treeimage"
+)
+
+// TestConcurrentRunsSerialize starts several treetx runs on one DIR at once:
+// each command logs "start N", sleeps 0.3s, changes the tree and logs
+// "end N"; no two may overlap, and every change is kept.
+func TestConcurrentRunsSerialize(t *testing.T) {
+	t.Parallel()
+	const n = 3
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	s := `echo "start $N" >> "$O/log"
+sleep 0.3
+printf "$N" > "$T/f$N"
+echo "end $N" >> "$O/log"
+`
+	procs := make([]*proc, n)
+	for i := range procs {
+		procs[i] = start(t, invocation{args: runArgs(tree, script(s)), env: append(env(tree, out), fmt.Sprintf("N=%d", i))})
+	}
+	for i, p := range procs {
+		r := p.wait(t)
+		if r.code != 0 {
+			t.Errorf("run %d: exit %d, want 0\n%v", i, r.code, r)
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(out, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != 2*n {
+		t.Fatalf("log has %d lines, want %d:\n%s", len(lines), 2*n, data)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < len(lines); i += 2 {
+		id, ok := strings.CutPrefix(lines[i], "start ")
+		if !ok || lines[i+1] != "end "+id || seen[id] {
+			t.Fatalf("runs overlap: the log is not start N / end N pairs:\n%s", data)
+		}
+		seen[id] = true
+	}
+	for i := range n {
+		if b, err := os.ReadFile(filepath.Join(tree, fmt.Sprintf("f%d", i))); err != nil || string(b) != strconv.Itoa(i) {
+			t.Errorf("f%d = %q, %v: a committed change is missing", i, b, err)
+		}
+	}
+	noLeftovers(t, parent, "tree")
+}
+
+// TestLockTimeout: while a run holds DIR, --lock-timeout 0 fails at once and
+// --lock-timeout 300ms after waiting, both with exit 75 and a line naming
+// the holder's pid; neither runs its command.
+func TestLockTimeout(t *testing.T) {
+	t.Parallel()
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	holder := start(t, invocation{
+		args: runArgs(tree, script(`touch "$O/started"; while [ ! -e "$O/release" ]; do sleep 0.01; done; printf h > "$T/holder"`)),
+		env:  env(tree, out),
+	})
+	waitForFile(t, holder, filepath.Join(out, "started"))
+	before := capture(t, tree)
+	// status and recover see a live transaction and leave it alone.
+	r := treetx(t, nil, "status", tree)
+	wantCode(t, r, 0)
+	contains(t, "status", r.stdout, "in progress")
+	wantCode(t, treetx(t, nil, "recover", tree), 75)
+	for _, tt := range []struct {
+		timeout  string
+		min, max time.Duration
+	}{
+		{"0", 0, time.Second},
+		{"300ms", 300 * time.Millisecond, 3 * time.Second},
+	} {
+		t.Run(tt.timeout, func(t *testing.T) {
+			marker := filepath.Join(out, "ran-"+tt.timeout)
+			r := treetx(t, nil, runArgs(tree, []string{"touch", marker}, "--lock-timeout", tt.timeout)...)
+			wantCode(t, r, 75)
+			oneLine(t, r.stderr, "pid "+strconv.Itoa(holder.pid()))
+			if r.elapsed < tt.min || r.elapsed > tt.max {
+				t.Errorf("gave up after %v, want between %v and %v", r.elapsed, tt.min, tt.max)
+			}
+			if exists(marker) {
+				t.Errorf("the command ran without the lock")
+			}
+			treeimage.AssertEqual(t, "while held", before, "after the failed run", capture(t, tree))
+		})
+	}
+	if err := os.WriteFile(filepath.Join(out, "release"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, holder.wait(t), 0)
+	if !exists(filepath.Join(tree, "holder")) {
+		t.Errorf("the holder's change was not committed")
+	}
+	noLeftovers(t, parent, "tree")
+}
+
+// TestLockDefaultWaits: without --lock-timeout a second run waits for the
+// first to finish, then runs.
+func TestLockDefaultWaits(t *testing.T) {
+	t.Parallel()
+	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	holder := start(t, invocation{
+		args: runArgs(tree, script(`touch "$O/started"; while [ ! -e "$O/release" ]; do sleep 0.01; done`)),
+		env:  env(tree, out),
+	})
+	waitForFile(t, holder, filepath.Join(out, "started"))
+	waiter := start(t, invocation{args: runArgs(tree, script(`printf w > "$T/waiter"`)), env: env(tree, out)})
+	time.Sleep(400 * time.Millisecond)
+	if processGone(waiter.pid()) || exists(filepath.Join(tree, "waiter")) {
+		t.Fatalf("the second run did not wait for the lock")
+	}
+	if err := os.WriteFile(filepath.Join(out, "release"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, holder.wait(t), 0)
+	wantCode(t, waiter.wait(t), 0)
+	if !exists(filepath.Join(tree, "waiter")) {
+		t.Errorf("the second run's change is missing")
+	}
+}
+
+// TestBackgroundProcessDoesNotKeepTheLock: a command that leaves a process
+// in the background (which inherits the lock's descriptor) does not keep
+// DIR locked once treetx has finished: the next run gets the lock at once.
+func TestBackgroundProcessDoesNotKeepTheLock(t *testing.T) {
+	t.Parallel()
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	r := treetx(t, env(tree, out), runArgs(tree, script(`sleep 3 </dev/null >/dev/null 2>&1 & echo $! > "$O/bg"`))...)
+	wantCode(t, r, 0)
+	bg := readPID(t, filepath.Join(out, "bg"))
+	defer syscall.Kill(bg, syscall.SIGKILL)
+	if processGone(bg) {
+		t.Fatal("the background process is already gone; the test proves nothing")
+	}
+	r = treetx(t, nil, runArgs(tree, []string{"true"}, "--lock-timeout", "0")...)
+	wantCode(t, r, 0)
+	noLeftovers(t, parent, "tree")
+}
