@@ -6,6 +6,7 @@ import (
 
 	"github.com/treetx/treetx/lock"
 	txrecover "github.com/treetx/treetx/recover"
+	"github.com/treetx/treetx/txn"
 )
 
 // Exit codes treetx itself uses (a command's own status passes through).
@@ -36,9 +37,12 @@ func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)
 func exitCode(err error) int {
 	var usage *usageError
 	var status exitStatus
+	var interrupted *txn.InterruptedError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &interrupted):
+		return 128 + int(interrupted.Signal)
 	case errors.As(err, &status):
 		return int(status)
 	case errors.As(err, &usage):

@@ -42,7 +42,7 @@ func Build(src string, dstParent int, dstName string, opts Options) (*Stats, err
 	if err := unix.Fstat(srcFd, &st); err != nil {
 		return b.stats, fmt.Errorf("snapshot: stat %s: %w", src, err)
 	}
-	if err := b.setMeta(dstParent, dstName, &st, false); err != nil {
+	if err := b.setMeta(dstParent, dstName, &st, srcFd, dstFd, ""); err != nil {
 		return b.stats, fmt.Errorf("snapshot: shadow root %s: %w", dstName, err)
 	}
 	return b.stats, nil
@@ -53,6 +53,7 @@ type builder struct {
 	fs      fsys.FS
 	scratch []byte
 	copyBuf []byte
+	xbuf    xattrBuf
 	stats   *Stats
 	done    int64
 }
@@ -129,7 +130,7 @@ func (b *builder) entry(srcPath string, srcFd, dstFd int, e dirent, rel string) 
 			return fmt.Errorf("snapshot: stat %s: %w", full, err)
 		}
 		b.stats.Dirs++
-		if err := b.setMeta(dstFd, e.name, &st, false); err != nil {
+		if err := b.setMeta(dstFd, e.name, &st, csrc, cdst, ""); err != nil {
 			return fmt.Errorf("snapshot: shadow of %s: %w", full, err)
 		}
 		return nil
@@ -145,7 +146,7 @@ func (b *builder) entry(srcPath string, srcFd, dstFd int, e dirent, rel string) 
 			return fmt.Errorf("snapshot: symlink shadow of %s: %w", full, err)
 		}
 		b.stats.Symlinks++
-		if err := b.setMeta(dstFd, e.name, &st, true); err != nil {
+		if err := b.setMeta(dstFd, e.name, &st, -1, -1, full); err != nil {
 			return fmt.Errorf("snapshot: shadow of %s: %w", full, err)
 		}
 		return nil
@@ -160,26 +161,51 @@ func (b *builder) entry(srcPath string, srcFd, dstFd int, e dirent, rel string) 
 	if err := lstatAt(srcFd, e.name, &st); err != nil {
 		return fmt.Errorf("snapshot: stat %s: %w", full, err)
 	}
-	if err := b.fs.Linkat(srcFd, e.name, dstFd, e.name); err != nil {
+	var err error
+	if err = b.fs.Linkat(srcFd, e.name, dstFd, e.name); err != nil {
 		if errors.Is(err, unix.EMLINK) {
 			return fmt.Errorf("snapshot: link %s: %w (the file system's limit on links to one file; exclude it or list it with --copy)", full, err)
 		}
 		return fmt.Errorf("snapshot: link %s: %w", full, err)
 	}
 	b.stats.Links++
-	if err := b.opts.Manifest.Add(recordOf(rel, &st)); err != nil {
+	rec := recordOf(rel, &st)
+	if rec.Xattrs, err = b.xbuf.ofPath(full); err != nil {
+		return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
+	}
+	if err := b.opts.Manifest.Add(rec); err != nil {
 		return fmt.Errorf("snapshot: write manifest: %w", err)
 	}
 	return nil
 }
 
-// setMeta gives name in dirfd the owner, mode (not for symlinks) and times of
-// st. Owner first: chown clears the setuid and setgid bits.
-func (b *builder) setMeta(dirfd int, name string, st *unix.Stat_t, symlink bool) error {
+// setMeta gives name in dirfd the owner, extended attributes, mode (not for
+// symlinks) and times of st. The attributes are read from srcFd, or from
+// srcPath (a symlink) when srcFd is negative; dstFd, if not negative, is name
+// open, whose own attributes (a default ACL it inherited) are replaced. Owner
+// first: chown clears the setuid and setgid bits; mode after the attributes:
+// setting an access ACL changes the mode.
+func (b *builder) setMeta(dirfd int, name string, st *unix.Stat_t, srcFd, dstFd int, srcPath string) error {
 	if err := b.fs.Lchownat(dirfd, name, int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, unix.EPERM) {
 		return fmt.Errorf("chown: %w", err)
 	}
-	if !symlink {
+	var want, have []Xattr
+	var err error
+	if srcFd >= 0 {
+		want, err = b.xbuf.ofFd(srcFd)
+	} else {
+		want, err = b.xbuf.ofPath(srcPath)
+	}
+	if err == nil && dstFd >= 0 {
+		have, err = b.xbuf.ofFd(dstFd)
+	}
+	if err == nil {
+		err = syncXattrs(b.fs, dirfd, name, have, want)
+	}
+	if err != nil {
+		return fmt.Errorf("extended attributes: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
 		if err := b.fs.Fchmodat(dirfd, name, st.Mode&07777); err != nil {
 			return fmt.Errorf("chmod: %w", err)
 		}
@@ -225,7 +251,7 @@ func (b *builder) copyFile(srcFd, dstFd int, name string) error {
 			return err
 		}
 	}
-	return b.setMeta(dstFd, name, &st, false)
+	return b.setMeta(dstFd, name, &st, in, out, "")
 }
 
 func readlinkAt(dirfd int, name string) (string, error) {

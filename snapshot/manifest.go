@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bufio"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,14 +19,16 @@ import (
 // read it:
 //
 //	# treetx manifest 1
-//	INO MODE UID GID SIZE ATIME MTIME PATH
+//	INO MODE UID GID SIZE ATIME MTIME XATTRS PATH
 //	...
 //	# end COUNT
 //
 // MODE is octal (permission, setuid, setgid and sticky bits), ATIME and MTIME
 // are SECONDS.NANOSECONDS, and PATH is relative to the tree's root with every
 // byte outside '!'..'~' and every backslash written as \0NNN (octal), the form
-// printf(1)'s %b reads. A manifest without its end line is incomplete.
+// printf(1)'s %b reads. XATTRS is "-" for a file without extended attributes,
+// else NAME=HEXVALUE pairs joined by commas, NAME escaped as PATH is and ','
+// and '=' escaped too. A manifest without its end line is incomplete.
 
 const manifestHeader = "# treetx manifest 1"
 
@@ -37,6 +40,7 @@ type Record struct {
 	UID, GID     uint32
 	Size         int64
 	Atime, Mtime unix.Timespec
+	Xattrs       []Xattr // sorted by name
 }
 
 func recordOf(rel string, st *unix.Stat_t) Record {
@@ -88,7 +92,9 @@ func (m *ManifestWriter) Add(r Record) error {
 	b = append(b, ' ')
 	b = appendTime(b, r.Mtime)
 	b = append(b, ' ')
-	b = appendEscaped(b, r.Path)
+	b = appendXattrs(b, r.Xattrs)
+	b = append(b, ' ')
+	b = appendEscaped(b, r.Path, "")
 	b = append(b, '\n')
 	m.buf = b
 	_, m.err = m.w.Write(b)
@@ -117,10 +123,50 @@ func appendTime(b []byte, t unix.Timespec) []byte {
 	return append(b, ns...)
 }
 
-func appendEscaped(b []byte, s string) []byte {
+func appendXattrs(b []byte, xs []Xattr) []byte {
+	if len(xs) == 0 {
+		return append(b, '-')
+	}
+	for i, x := range xs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendEscaped(b, x.Name, ",=")
+		b = append(b, '=')
+		b = hex.AppendEncode(b, x.Value)
+	}
+	return b
+}
+
+func parseXattrs(s string) ([]Xattr, error) {
+	if s == "-" {
+		return nil, nil
+	}
+	var xs []Xattr
+	for part := range strings.SplitSeq(s, ",") {
+		name, value, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("extended attribute %q: no '='", part)
+		}
+		n, err := unescape(name)
+		if err != nil {
+			return nil, err
+		}
+		v, err := hex.DecodeString(value)
+		if err != nil {
+			return nil, fmt.Errorf("extended attribute %q: %w", n, err)
+		}
+		xs = append(xs, Xattr{Name: n, Value: v})
+	}
+	return xs, nil
+}
+
+// appendEscaped appends s with every byte outside '!'..'~', every backslash
+// and every byte of extra written as \0NNN.
+func appendEscaped(b []byte, s, extra string) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c > ' ' && c < 0x7f && c != '\\' {
+		if c > ' ' && c < 0x7f && c != '\\' && strings.IndexByte(extra, c) < 0 {
 			b = append(b, c)
 			continue
 		}
@@ -180,9 +226,9 @@ func ReadManifest(r io.Reader, fn func(Record) error) error {
 }
 
 func parseRecord(text string) (Record, error) {
-	f := strings.SplitN(text, " ", 8)
-	if len(f) != 8 {
-		return Record{}, fmt.Errorf("%d fields, want 8", len(f))
+	f := strings.SplitN(text, " ", 9)
+	if len(f) != 9 {
+		return Record{}, fmt.Errorf("%d fields, want 9", len(f))
 	}
 	var r Record
 	var err error
@@ -211,7 +257,10 @@ func parseRecord(text string) (Record, error) {
 	if r.Mtime, err = parseTime(f[6]); err != nil {
 		return r, err
 	}
-	if r.Path, err = unescape(f[7]); err != nil {
+	if r.Xattrs, err = parseXattrs(f[7]); err != nil {
+		return r, err
+	}
+	if r.Path, err = unescape(f[8]); err != nil {
 		return r, err
 	}
 	return r, nil

@@ -34,8 +34,8 @@ func Changed(root string, manifest io.Reader) ([]string, error) {
 	return changed, err
 }
 
-// Restore gives every hard-linked file of the tree at root the mode, owner and
-// times the manifest recorded, where they differ; a file written in place
+// Restore gives every hard-linked file of the tree at root the mode, owner,
+// extended attributes and times the manifest recorded, where they differ; a file written in place
 // (size or mtime changed) keeps its times. It is idempotent. A record
 // whose path is missing or is another inode is skipped and counted in
 // skipped: that happens only when root is not the shadow the manifest was
@@ -44,6 +44,7 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 	if fs == nil {
 		fs = fsys.OS{}
 	}
+	var xb xattrBuf
 	err = ReadManifest(manifest, func(r Record) error {
 		var st unix.Stat_t
 		p := joinRel(root, r.Path)
@@ -65,6 +66,19 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 			}
 			did = true
 			st.Mode &^= unix.S_ISUID | unix.S_ISGID // chown may have cleared them
+		}
+		have, err := xb.ofPath(p)
+		if err != nil {
+			return fmt.Errorf("restore extended attributes of %s: %w", p, err)
+		}
+		if !equalXattrs(have, r.Xattrs) {
+			if err := syncXattrs(fs, unix.AT_FDCWD, p, have, r.Xattrs); err != nil {
+				return fmt.Errorf("restore extended attributes of %s: %w", p, err)
+			}
+			did = true
+			if err := unix.Lstat(p, &st); err != nil { // an access ACL sets the mode
+				return fmt.Errorf("restore %s: %w", p, err)
+			}
 		}
 		if st.Mode&07777 != r.Mode {
 			if err := fs.Fchmodat(unix.AT_FDCWD, p, r.Mode); err != nil {

@@ -19,6 +19,16 @@ const (
 	StatusNotFound      = 127
 )
 
+// InterruptedError reports a signal that reached Run before the command
+// started: the transaction was abandoned, the directory is untouched.
+type InterruptedError struct {
+	Signal syscall.Signal
+}
+
+func (e *InterruptedError) Error() string {
+	return fmt.Sprintf("interrupted by %v before the command started; nothing was changed", e.Signal)
+}
+
 // RunOptions configures Run.
 type RunOptions struct {
 	Options
@@ -66,9 +76,9 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	rr := &RunResult{}
 	if _, err := exec.LookPath(argv[0]); err != nil {
 		rr.StartErr = err
-		rr.Status = StatusNotFound
-		if errors.Is(err, fs.ErrPermission) {
-			rr.Status = StatusNotExecutable
+		rr.Status = StatusNotExecutable // a directory, no permission...
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+			rr.Status = StatusNotFound
 		}
 		return rr, nil
 	}
@@ -80,7 +90,7 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	go func() {
 		select {
 		case s := <-sigs:
-			cancel(fmt.Errorf("interrupted by %v", s))
+			cancel(&InterruptedError{Signal: s.(syscall.Signal)})
 		case <-bctx.Done():
 		}
 	}()
@@ -89,6 +99,10 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	}
 	tx, err := BeginContext(bctx, dir, opts.Options)
 	if err != nil {
+		var ie *InterruptedError
+		if errors.As(context.Cause(bctx), &ie) {
+			return rr, ie
+		}
 		return rr, err
 	}
 	// From here on the signals go to the command, not to the build.

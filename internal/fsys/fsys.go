@@ -8,11 +8,15 @@
 // record the sequence of operations, to fail a chosen step with a chosen errno,
 // or to stop the process dead after step N, the way a crash would.
 //
-// All names are single path components resolved relative to a directory file
-// descriptor (the *at system calls), except where a method says otherwise.
+// Names are resolved relative to a directory file descriptor, as the *at
+// system calls do; an absolute name ignores the descriptor.
 package fsys
 
-import "golang.org/x/sys/unix"
+import (
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
 
 // FS is the set of file-system mutations the protocol may perform.
 // Implementations must be safe for concurrent use.
@@ -45,6 +49,12 @@ type FS interface {
 	// Lutimesat sets the access and modification times of name in dirfd
 	// without following symlinks.
 	Lutimesat(dirfd int, name string, atime, mtime unix.Timespec) error
+	// Setxattrat sets an extended attribute of name in dirfd, without
+	// following a symlink.
+	Setxattrat(dirfd int, name, attr string, value []byte) error
+	// Removexattrat removes an extended attribute of name in dirfd, without
+	// following a symlink.
+	Removexattrat(dirfd int, name, attr string) error
 }
 
 // OS is the production FS: each method is the system call it names.
@@ -134,4 +144,26 @@ func ignoringEINTR(fn func() error) error {
 			return err
 		}
 	}
+}
+
+// Setxattrat sets extended attribute attr of name in dirfd to value, without
+// following a symlink at name.
+func (OS) Setxattrat(dirfd int, name, attr string, value []byte) error {
+	return ignoringEINTR(func() error { return unix.Lsetxattr(AtPath(dirfd, name), attr, value, 0) })
+}
+
+// Removexattrat removes extended attribute attr of name in dirfd, without
+// following a symlink at name.
+func (OS) Removexattrat(dirfd int, name, attr string) error {
+	return ignoringEINTR(func() error { return unix.Lremovexattr(AtPath(dirfd, name), attr) })
+}
+
+// AtPath turns (dirfd, name) into a path the non-*at system calls accept:
+// name itself if it is absolute or dirfd is AT_FDCWD, else name under the
+// descriptor's /proc/self/fd link.
+func AtPath(dirfd int, name string) string {
+	if dirfd == unix.AT_FDCWD || (len(name) > 0 && name[0] == '/') {
+		return name
+	}
+	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
 }

@@ -208,3 +208,13 @@ func (f *FS) Lchownat(dirfd int, name string, uid, gid int) error {
 func (f *FS) Lutimesat(dirfd int, name string, atime, mtime unix.Timespec) error {
 	return f.do(Op{Kind: "lutimesat", Path: f.at(dirfd, name)}, func() error { return f.inner().Lutimesat(dirfd, name, atime, mtime) })
 }
+
+// Setxattrat implements fsys.FS.
+func (f *FS) Setxattrat(dirfd int, name, attr string, value []byte) error {
+	return f.do(Op{Kind: "setxattrat", Path: f.at(dirfd, name)}, func() error { return f.inner().Setxattrat(dirfd, name, attr, value) })
+}
+
+// Removexattrat implements fsys.FS.
+func (f *FS) Removexattrat(dirfd int, name, attr string) error {
+	return f.do(Op{Kind: "removexattrat", Path: f.at(dirfd, name)}, func() error { return f.inner().Removexattrat(dirfd, name, attr) })
+}

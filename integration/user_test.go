@@ -1,0 +1,67 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/treetx/treetx/internal/treeimage"
+)
+
+// TestRunAsOrdinaryUser runs treetx as user nobody on a sample tree nobody
+// owns (a repository owned by its service user): the read-only directory
+// "ro" and directories the command makes unreadable must not keep treetx
+// from dropping the shadow or the failed tree.
+func TestRunAsOrdinaryUser(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	tests := []struct {
+		name   string
+		script string
+		want   int
+	}{
+		{"commit", addFiles + replaceByRename + `mkdir "$T/locked"; chmod 000 "$T/locked"` + "\n", 0},
+		{"rollback", renameOver + createDirs + `mkdir -p "$T/locked/in"; chmod 000 "$T/locked/in" "$T/locked"; exit 1`, 1},
+		{"rollback after chmod -R 000", `chmod -R 000 "$T"; exit 1`, 1},
+	}
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tmp := t.TempDir()
+			for _, d := range []string{filepath.Dir(tmp), tmp} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			parent := filepath.Join(tmp, "parent")
+			tree := filepath.Join(parent, "tree")
+			if err := os.Mkdir(parent, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := treeimage.BuildSample(tree); err != nil {
+				t.Fatal(err)
+			}
+			sh(t, nil, "chown -R -h 65534:65534 "+parent)
+			// Root can read what nobody locks itself out of; put it back
+			// for cleanup.
+			t.Cleanup(func() { sh(t, nil, "chmod -R u+rwx "+tmp) })
+			before := capture(t, tree)
+			out := filepath.Join(tmp, "out")
+			if err := os.Mkdir(out, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			r := invoke(t, invocation{args: runArgs(tree, script(tt.script)), env: env(tree, out), cred: nobody, dir: "/"})
+			wantCode(t, r, tt.want)
+			if tt.want != 0 {
+				treeimage.AssertEqual(t, "before", before, "after rollback", capture(t, tree))
+			} else if !exists(filepath.Join(tree, "added.txt")) {
+				t.Errorf("the change was not committed")
+			}
+			noLeftovers(t, parent, "tree")
+			r = invoke(t, invocation{args: []string{"status", tree}, cred: nobody, dir: "/"})
+			wantCode(t, r, 0)
+		})
+	}
+}
