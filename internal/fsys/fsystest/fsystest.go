@@ -27,6 +27,15 @@ type Op struct {
 	Path2 string // the second name of linkat and renameat2
 	Flags uint   // renameat2 and unlinkat flags
 	Len   int    // bytes written
+
+	// With Record, what a replay of the op needs.
+	Mode         uint32        // mkdirat, create, fchmodat
+	UID, GID     int           // lchownat
+	Atime, Mtime unix.Timespec // lutimesat
+	Attr         string        // setxattrat, removexattrat
+	Data         []byte        // write: the bytes; symlinkat: the target; setxattrat: the value
+	Off          int64         // write: the file offset
+	Ino          uint64        // mkdirat, create, symlinkat: the new inode
 }
 
 func (o Op) String() string {
@@ -55,10 +64,16 @@ type FS struct {
 	// CrashAfter kills the process with SIGKILL right after step CrashAfter
 	// is done.
 	CrashAfter int
+	// SkipSync makes the SkipSync-th fsync or syncfs do nothing (and go
+	// unrecorded): a protocol with one sync removed, to show that the
+	// power-loss checker finds what that breaks.
+	SkipSync int
 
-	mu  sync.Mutex
-	n   int
-	ops []Op
+	mu    sync.Mutex
+	n     int
+	syncs int
+	ops   []Op
+	off   map[int]int64 // write offsets of descriptors from Create
 }
 
 var _ fsys.FS = (*FS)(nil)
@@ -94,7 +109,14 @@ func (f *FS) do(op Op, fn func() error) error {
 		return f.FailErr
 	}
 	err := fn()
-	if f.Record {
+	if f.Record && err == nil {
+		switch op.Kind {
+		case "mkdirat", "create", "symlinkat":
+			var st unix.Stat_t
+			if unix.Lstat(op.Path, &st) == nil {
+				op.Ino = st.Ino
+			}
+		}
 		f.mu.Lock()
 		f.ops = append(f.ops, op)
 		f.mu.Unlock()
@@ -127,9 +149,17 @@ func FDPath(fd int) string {
 	return p
 }
 
+// skipSync reports whether this sync is the one to skip.
+func (f *FS) skipSync() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs++
+	return f.syncs == f.SkipSync
+}
+
 // Mkdirat implements fsys.FS.
 func (f *FS) Mkdirat(dirfd int, name string, mode uint32) error {
-	return f.do(Op{Kind: "mkdirat", Path: f.at(dirfd, name)}, func() error { return f.inner().Mkdirat(dirfd, name, mode) })
+	return f.do(Op{Kind: "mkdirat", Path: f.at(dirfd, name), Mode: mode}, func() error { return f.inner().Mkdirat(dirfd, name, mode) })
 }
 
 // Linkat implements fsys.FS.
@@ -141,27 +171,39 @@ func (f *FS) Linkat(olddirfd int, oldname string, newdirfd int, newname string) 
 
 // Symlinkat implements fsys.FS.
 func (f *FS) Symlinkat(target string, dirfd int, name string) error {
-	return f.do(Op{Kind: "symlinkat", Path: f.at(dirfd, name)}, func() error { return f.inner().Symlinkat(target, dirfd, name) })
+	return f.do(Op{Kind: "symlinkat", Path: f.at(dirfd, name), Data: []byte(target)}, func() error { return f.inner().Symlinkat(target, dirfd, name) })
 }
 
 // Create implements fsys.FS.
 func (f *FS) Create(dirfd int, name string, mode uint32) (int, error) {
 	fd := -1
-	err := f.do(Op{Kind: "create", Path: f.at(dirfd, name)}, func() error {
+	err := f.do(Op{Kind: "create", Path: f.at(dirfd, name), Mode: mode}, func() error {
 		var err error
 		fd, err = f.inner().Create(dirfd, name, mode)
 		return err
 	})
+	if err == nil {
+		f.mu.Lock()
+		if f.off == nil {
+			f.off = map[int]int64{}
+		}
+		f.off[fd] = 0
+		f.mu.Unlock()
+	}
 	return fd, err
 }
 
 // Write implements fsys.FS.
 func (f *FS) Write(fd int, p []byte) error {
-	path := ""
+	op := Op{Kind: "write", Len: len(p)}
 	if f.Record {
-		path = FDPath(fd)
+		op.Path, op.Data = FDPath(fd), append([]byte(nil), p...)
+		f.mu.Lock()
+		op.Off = f.off[fd]
+		f.off[fd] += int64(len(p))
+		f.mu.Unlock()
 	}
-	return f.do(Op{Kind: "write", Path: path, Len: len(p)}, func() error { return f.inner().Write(fd, p) })
+	return f.do(op, func() error { return f.inner().Write(fd, p) })
 }
 
 // Renameat2 implements fsys.FS.
@@ -178,6 +220,9 @@ func (f *FS) Unlinkat(dirfd int, name string, flags int) error {
 
 // Fsync implements fsys.FS.
 func (f *FS) Fsync(fd int) error {
+	if f.skipSync() {
+		return nil
+	}
 	path := ""
 	if f.Record {
 		path = FDPath(fd)
@@ -187,6 +232,9 @@ func (f *FS) Fsync(fd int) error {
 
 // Syncfs implements fsys.FS.
 func (f *FS) Syncfs(fd int) error {
+	if f.skipSync() {
+		return nil
+	}
 	path := ""
 	if f.Record {
 		path = FDPath(fd)
@@ -196,25 +244,25 @@ func (f *FS) Syncfs(fd int) error {
 
 // Fchmodat implements fsys.FS.
 func (f *FS) Fchmodat(dirfd int, name string, mode uint32) error {
-	return f.do(Op{Kind: "fchmodat", Path: f.at(dirfd, name)}, func() error { return f.inner().Fchmodat(dirfd, name, mode) })
+	return f.do(Op{Kind: "fchmodat", Path: f.at(dirfd, name), Mode: mode}, func() error { return f.inner().Fchmodat(dirfd, name, mode) })
 }
 
 // Lchownat implements fsys.FS.
 func (f *FS) Lchownat(dirfd int, name string, uid, gid int) error {
-	return f.do(Op{Kind: "lchownat", Path: f.at(dirfd, name)}, func() error { return f.inner().Lchownat(dirfd, name, uid, gid) })
+	return f.do(Op{Kind: "lchownat", Path: f.at(dirfd, name), UID: uid, GID: gid}, func() error { return f.inner().Lchownat(dirfd, name, uid, gid) })
 }
 
 // Lutimesat implements fsys.FS.
 func (f *FS) Lutimesat(dirfd int, name string, atime, mtime unix.Timespec) error {
-	return f.do(Op{Kind: "lutimesat", Path: f.at(dirfd, name)}, func() error { return f.inner().Lutimesat(dirfd, name, atime, mtime) })
+	return f.do(Op{Kind: "lutimesat", Path: f.at(dirfd, name), Atime: atime, Mtime: mtime}, func() error { return f.inner().Lutimesat(dirfd, name, atime, mtime) })
 }
 
 // Setxattrat implements fsys.FS.
 func (f *FS) Setxattrat(dirfd int, name, attr string, value []byte) error {
-	return f.do(Op{Kind: "setxattrat", Path: f.at(dirfd, name)}, func() error { return f.inner().Setxattrat(dirfd, name, attr, value) })
+	return f.do(Op{Kind: "setxattrat", Path: f.at(dirfd, name), Attr: attr, Data: append([]byte(nil), value...)}, func() error { return f.inner().Setxattrat(dirfd, name, attr, value) })
 }
 
 // Removexattrat implements fsys.FS.
 func (f *FS) Removexattrat(dirfd int, name, attr string) error {
-	return f.do(Op{Kind: "removexattrat", Path: f.at(dirfd, name)}, func() error { return f.inner().Removexattrat(dirfd, name, attr) })
+	return f.do(Op{Kind: "removexattrat", Path: f.at(dirfd, name), Attr: attr}, func() error { return f.inner().Removexattrat(dirfd, name, attr) })
 }
