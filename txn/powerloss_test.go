@@ -526,7 +526,9 @@ func mutateFS(dir string, fs fsys.FS) error {
 	}
 	steps := []func() error{
 		func() error { return create("mod/d1/,f1.c,", "new revision\n") },
-		func() error { return fs.Renameat2(unix.AT_FDCWD, at("mod/d1/,f1.c,"), unix.AT_FDCWD, at("mod/d1/f1.c,v"), 0) },
+		func() error {
+			return fs.Renameat2(unix.AT_FDCWD, at("mod/d1/,f1.c,"), unix.AT_FDCWD, at("mod/d1/f1.c,v"), 0)
+		},
 		func() error { return fs.Unlinkat(unix.AT_FDCWD, at("a/b/notes.txt"), 0) },
 		func() error { return fs.Mkdirat(unix.AT_FDCWD, at("mod/d3"), 0o775) },
 		func() error { return create("mod/d3/f3.c,v", "added\n") },
