@@ -43,7 +43,7 @@ func Build(src string, dstParent int, dstName string, opts Options) (*Stats, err
 		return b.stats, fmt.Errorf("snapshot: stat %s: %w", src, err)
 	}
 	if err := b.setMeta(dstParent, dstName, &st, srcFd, dstFd, ""); err != nil {
-		return b.stats, fmt.Errorf("snapshot: shadow root %s: %w", dstName, err)
+		return b.stats, fmt.Errorf("snapshot: shadow root %s of %s: %w", dstName, src, err)
 	}
 	return b.stats, nil
 }

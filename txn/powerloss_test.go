@@ -583,7 +583,13 @@ func record(t *testing.T, build func(string) error, path string, skipSync int) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	return analyze(t, initial, rec.Ops())
+	var ops []fsystest.Op
+	for _, op := range rec.Ops() {
+		if op.Err == nil {
+			ops = append(ops, op)
+		}
+	}
+	return analyze(t, initial, ops)
 }
 
 // shmDir is a new temporary directory on tmpfs, where states are written

@@ -36,6 +36,7 @@ type Op struct {
 	Data         []byte        // write: the bytes; symlinkat: the target; setxattrat: the value
 	Off          int64         // write: the file offset
 	Ino          uint64        // mkdirat, create, symlinkat: the new inode
+	Err          error         // what the step returned
 }
 
 func (o Op) String() string {
@@ -85,7 +86,7 @@ func (f *FS) Steps() int {
 	return f.n
 }
 
-// Ops returns the recorded ops.
+// Ops returns the recorded ops, failed ones included (their Err is set).
 func (f *FS) Ops() []Op {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -109,7 +110,8 @@ func (f *FS) do(op Op, fn func() error) error {
 		return f.FailErr
 	}
 	err := fn()
-	if f.Record && err == nil {
+	op.Err = err
+	if f.Record {
 		switch op.Kind {
 		case "mkdirat", "create", "symlinkat":
 			var st unix.Stat_t
