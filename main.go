@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -42,7 +43,7 @@ changes are kept.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErrorf("%v (see %s --help)", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCommand(g), newRecoverCommand(g), newStatusCommand(g))
+	root.AddCommand(newRunCommand(g), newRecoverCommand(g), newStatusCommand(g), newGCCommand(g), newLockCommand(g))
 	return root
 }
 
@@ -52,7 +53,8 @@ func main() {
 	code := exitCode(err)
 	if err != nil {
 		if _, silent := err.(exitStatus); !silent {
-			fmt.Fprintf(os.Stderr, "treetx: %v\n", err)
+			// One line: joined errors are separated by "; ".
+			fmt.Fprintf(os.Stderr, "treetx: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 		}
 	}
 	os.Exit(code)

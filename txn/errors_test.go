@@ -33,11 +33,14 @@ func TestErrorsAtEveryStep(t *testing.T) {
 				dir := newSample(t)
 				err := transact(dir, path, &fsystest.FS{FailAt: step, FailErr: errno})
 				op := ops[step-1]
-				if err == nil {
+				switch {
+				case err == nil && op.Kind == "renameat2" && strings.Contains(op.Path2, ".removing."):
+					// The one step with a fallback: a shadow that cannot be
+					// renamed for removal is deleted in place.
+				case err == nil:
 					t.Errorf("%s failing with %v: the transaction succeeded", op, errno)
 					continue
-				}
-				if !errors.Is(err, errno) || !strings.Contains(err.Error(), "/") {
+				case !errors.Is(err, errno) || !strings.Contains(err.Error(), "/"):
 					t.Errorf("%s failing with %v: error %q does not carry the errno and a path", op, errno, err)
 				}
 				if _, err := txrecover.Recover(dir, txrecover.Options{}); err != nil {

@@ -324,7 +324,10 @@ func (tx *Tx) abandon() error {
 // discard drops the shadow of a transaction that never touched the
 // directory, or whose commit is durable: it renames the shadow (whichever of
 // its names holds the journal's inode) to a removal name, makes that
-// durable, removes the journal and the manifest, then deletes the tree.
+// durable, removes the journal and the manifest, then deletes the tree. If
+// the rename fails (a full btrfs refuses renames with ENOSPC), the shadow is
+// deleted in place before the journal is removed: the journal's phase already
+// says it is garbage, so a crash midway leaves a state recovery finishes.
 func (tx *Tx) discard() error {
 	n := tx.n
 	for _, name := range []string{n.Incomplete, n.Complete} {
@@ -340,7 +343,11 @@ func (tx *Tx) discard() error {
 		}
 		tx.step("rename", n.Removing(tx.j.ID))
 		if err := tx.fs.Renameat2(tx.pfd, name, tx.pfd, n.Removing(tx.j.ID), unix.RENAME_NOREPLACE); err != nil {
-			return fmt.Errorf("rename %s to %s: %w", n.Path(name), n.Removing(tx.j.ID), err)
+			tx.step("remove tree in place", name)
+			if rmErr := snapshot.Remove(n.Parent, name, tx.fs); rmErr != nil {
+				return errors.Join(fmt.Errorf("rename %s to %s: %w", n.Path(name), n.Removing(tx.j.ID), err), rmErr)
+			}
+			continue
 		}
 		if err := tx.fsyncParent(); err != nil {
 			return err
