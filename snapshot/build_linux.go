@@ -7,6 +7,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -15,8 +17,10 @@ import (
 
 // Build fills the existing, empty directory dstName in dstParent (a
 // directory descriptor) with the shadow of the tree at src, then gives it the
-// mode, owner and times of src. On error the partial shadow is left for the
-// caller to remove.
+// mode, owner and times of src. Directories are processed by opts.Workers
+// goroutines at once, each working relative to open directory descriptors; a
+// directory gets its metadata once all of its entries are made. On error the
+// partial shadow is left for the caller to remove.
 func Build(src string, dstParent int, dstName string, opts Options) (*Stats, error) {
 	if opts.FS == nil {
 		opts.FS = fsys.OS{}
@@ -24,38 +28,38 @@ func Build(src string, dstParent int, dstName string, opts Options) (*Stats, err
 	if opts.Manifest == nil {
 		return nil, errors.New("snapshot: no manifest writer")
 	}
-	b := &builder{opts: opts, fs: opts.FS, scratch: newScratch(), stats: &Stats{}}
-	srcFd, err := openDir(unix.AT_FDCWD, src)
-	if err != nil {
+	b := &builder{opts: opts, fs: opts.FS, src: src, dstParent: dstParent, dstName: dstName, stats: &Stats{}}
+	var err error
+	if b.srcRoot, err = openDir(unix.AT_FDCWD, src); err != nil {
 		return nil, fmt.Errorf("snapshot: open %s: %w", src, err)
 	}
-	defer unix.Close(srcFd)
-	dstFd, err := openDir(dstParent, dstName)
-	if err != nil {
+	defer unix.Close(b.srcRoot)
+	if b.dstRoot, err = openDir(dstParent, dstName); err != nil {
 		return nil, fmt.Errorf("snapshot: open shadow %s: %w", dstName, err)
 	}
-	defer unix.Close(dstFd)
-	if err := b.dir(src, srcFd, dstFd, ""); err != nil {
-		return b.stats, err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(srcFd, &st); err != nil {
-		return b.stats, fmt.Errorf("snapshot: stat %s: %w", src, err)
-	}
-	if err := b.setMeta(dstParent, dstName, &st, srcFd, dstFd, ""); err != nil {
-		return b.stats, fmt.Errorf("snapshot: shadow root %s of %s: %w", dstName, src, err)
-	}
-	return b.stats, nil
+	defer unix.Close(b.dstRoot)
+	b.pool = &pool{list: b.list, post: b.post}
+	err = b.pool.run(opts.Workers)
+	b.stats.Dirs, b.stats.Links, b.stats.Copies, b.stats.Symlinks = b.dirs.Load(), b.links.Load(), b.copies.Load(), b.symlinks.Load()
+	return b.stats, err
 }
 
 type builder struct {
-	opts    Options
-	fs      fsys.FS
-	scratch []byte
-	copyBuf []byte
-	xbuf    xattrBuf
-	stats   *Stats
-	done    int64
+	opts      Options
+	fs        fsys.FS
+	pool      *pool
+	src       string
+	srcRoot   int // src, open
+	dstRoot   int // the shadow's root, open
+	dstParent int
+	dstName   string
+
+	mu    sync.Mutex // guards stats.Excluded and Progress calls
+	stats *Stats
+
+	manifest                      sync.Mutex // serializes opts.Manifest
+	done                          atomic.Int64
+	dirs, links, copies, symlinks atomic.Int64
 }
 
 func openDir(dirfd int, name string) (int, error) {
@@ -76,65 +80,93 @@ func lstatAt(dirfd int, name string, st *unix.Stat_t) error {
 	}
 }
 
-// dir fills dstFd with the shadow of the directory srcPath (open as srcFd);
-// rel is its path relative to the root ("" for the root).
-func (b *builder) dir(srcPath string, srcFd, dstFd int, rel string) error {
+// dotIfEmpty names the root as "." for the *at calls.
+func dotIfEmpty(rel string) string {
+	if rel == "" {
+		return "."
+	}
+	return rel
+}
+
+// list makes the shadow of every entry of directory n, creating and
+// queueing its subdirectories.
+func (b *builder) list(w *worker, n *dirNode) error {
 	if ctx := b.opts.Context; ctx != nil && ctx.Err() != nil {
 		return fmt.Errorf("snapshot: %w", context.Cause(ctx))
 	}
-	ents, err := readDir(srcPath, b.scratch)
+	srcPath := filepath.Join(b.src, n.rel)
+	srcFd, err := openDir(b.srcRoot, dotIfEmpty(n.rel))
+	if err != nil {
+		return fmt.Errorf("snapshot: open %s: %w", srcPath, err)
+	}
+	defer unix.Close(srcFd)
+	dstFd, err := openDir(b.dstRoot, dotIfEmpty(n.rel))
+	if err != nil {
+		return fmt.Errorf("snapshot: open shadow of %s: %w", srcPath, err)
+	}
+	defer unix.Close(dstFd)
+	if err := unix.Fstat(srcFd, &n.st); err != nil {
+		return fmt.Errorf("snapshot: stat %s: %w", srcPath, err)
+	}
+	if n.want, err = w.xbuf.ofFd(srcFd); err == nil {
+		n.have, err = w.xbuf.ofFd(dstFd)
+	}
+	if err != nil {
+		return fmt.Errorf("snapshot: extended attributes of %s: %w", srcPath, err)
+	}
+	ents, err := readDir(srcPath, w.scratch)
 	if err != nil {
 		return fmt.Errorf("snapshot: read directory %s: %w", srcPath, err)
 	}
 	for _, e := range ents {
 		crel := e.name
-		if rel != "" {
-			crel = rel + "/" + e.name
+		if n.rel != "" {
+			crel = n.rel + "/" + e.name
 		}
 		if b.opts.Exclude.Match(crel) {
+			b.mu.Lock()
 			b.stats.Excluded = append(b.stats.Excluded, crel)
+			b.mu.Unlock()
 			continue
 		}
-		if err := b.entry(srcPath, srcFd, dstFd, e, crel); err != nil {
+		if e.typ == os.ModeDir {
+			if err := b.fs.Mkdirat(dstFd, e.name, 0o700); err != nil {
+				return fmt.Errorf("snapshot: mkdir shadow of %s: %w", filepath.Join(srcPath, e.name), err)
+			}
+			b.pool.add(n, crel)
+		} else if err := b.entry(w, srcPath, srcFd, dstFd, e, crel); err != nil {
 			return err
 		}
-		if b.done++; b.opts.Progress != nil && b.done%10000 == 0 {
-			b.opts.Progress(b.done)
+		if d := b.done.Add(1); b.opts.Progress != nil && d%10000 == 0 {
+			b.mu.Lock()
+			b.opts.Progress(d)
+			b.mu.Unlock()
 		}
 	}
 	return nil
 }
 
-func (b *builder) entry(srcPath string, srcFd, dstFd int, e dirent, rel string) error {
+// post gives directory n's shadow its metadata, once every entry below it
+// is made (the last change to the directory, so its times stick).
+func (b *builder) post(n *dirNode) error {
+	dirfd, name := b.dstRoot, n.rel
+	if n.parent == nil {
+		dirfd, name = b.dstParent, b.dstName
+	} else {
+		b.dirs.Add(1)
+	}
+	if err := b.setMeta(dirfd, name, &n.st, n.want, n.have); err != nil {
+		return fmt.Errorf("snapshot: shadow of %s: %w", filepath.Join(b.src, n.rel), err)
+	}
+	n.want, n.have = nil, nil
+	return nil
+}
+
+// entry makes the shadow of one entry that is not a directory.
+func (b *builder) entry(w *worker, srcPath string, srcFd, dstFd int, e dirent, rel string) error {
 	full := filepath.Join(srcPath, e.name)
 	var st unix.Stat_t
-	switch e.typ {
-	case os.ModeDir:
-		if err := b.fs.Mkdirat(dstFd, e.name, 0o700); err != nil {
-			return fmt.Errorf("snapshot: mkdir shadow of %s: %w", full, err)
-		}
-		csrc, err := openDir(srcFd, e.name)
-		if err != nil {
-			return fmt.Errorf("snapshot: open %s: %w", full, err)
-		}
-		defer unix.Close(csrc)
-		cdst, err := openDir(dstFd, e.name)
-		if err != nil {
-			return fmt.Errorf("snapshot: open shadow of %s: %w", full, err)
-		}
-		defer unix.Close(cdst)
-		if err := b.dir(full, csrc, cdst, rel); err != nil {
-			return err
-		}
-		if err := unix.Fstat(csrc, &st); err != nil {
-			return fmt.Errorf("snapshot: stat %s: %w", full, err)
-		}
-		b.stats.Dirs++
-		if err := b.setMeta(dstFd, e.name, &st, csrc, cdst, ""); err != nil {
-			return fmt.Errorf("snapshot: shadow of %s: %w", full, err)
-		}
-		return nil
-	case os.ModeSymlink:
+	if e.typ == os.ModeSymlink {
 		target, err := readlinkAt(srcFd, e.name)
 		if err != nil {
 			return fmt.Errorf("snapshot: readlink %s: %w", full, err)
@@ -142,67 +174,59 @@ func (b *builder) entry(srcPath string, srcFd, dstFd int, e dirent, rel string) 
 		if err := lstatAt(srcFd, e.name, &st); err != nil {
 			return fmt.Errorf("snapshot: stat %s: %w", full, err)
 		}
+		want, err := w.xbuf.ofPath(full)
+		if err != nil {
+			return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
+		}
 		if err := b.fs.Symlinkat(target, dstFd, e.name); err != nil {
 			return fmt.Errorf("snapshot: symlink shadow of %s: %w", full, err)
 		}
-		b.stats.Symlinks++
-		if err := b.setMeta(dstFd, e.name, &st, -1, -1, full); err != nil {
+		b.symlinks.Add(1)
+		if err := b.setMeta(dstFd, e.name, &st, want, nil); err != nil {
 			return fmt.Errorf("snapshot: shadow of %s: %w", full, err)
 		}
 		return nil
 	}
 	if e.typ == 0 && b.opts.Copy.Match(rel) {
-		if err := b.copyFile(srcFd, dstFd, e.name); err != nil {
+		if err := b.copyFile(w, srcFd, dstFd, e.name); err != nil {
 			return fmt.Errorf("snapshot: copy %s: %w", full, err)
 		}
-		b.stats.Copies++
+		b.copies.Add(1)
 		return nil
 	}
 	if err := lstatAt(srcFd, e.name, &st); err != nil {
 		return fmt.Errorf("snapshot: stat %s: %w", full, err)
 	}
-	var err error
-	if err = b.fs.Linkat(srcFd, e.name, dstFd, e.name); err != nil {
+	if err := b.fs.Linkat(srcFd, e.name, dstFd, e.name); err != nil {
 		if errors.Is(err, unix.EMLINK) {
 			return fmt.Errorf("snapshot: link %s: %w (the file system's limit on links to one file; exclude it or list it with --copy)", full, err)
 		}
 		return fmt.Errorf("snapshot: link %s: %w", full, err)
 	}
-	b.stats.Links++
+	b.links.Add(1)
 	rec := recordOf(rel, &st)
-	if rec.Xattrs, err = b.xbuf.ofPath(full); err != nil {
+	var err error
+	if rec.Xattrs, err = w.xbuf.ofPath(full); err != nil {
 		return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
 	}
-	if err := b.opts.Manifest.Add(rec); err != nil {
+	b.manifest.Lock()
+	err = b.opts.Manifest.Add(rec)
+	b.manifest.Unlock()
+	if err != nil {
 		return fmt.Errorf("snapshot: write manifest: %w", err)
 	}
 	return nil
 }
 
-// setMeta gives name in dirfd the owner, extended attributes, mode (not for
-// symlinks) and times of st. The attributes are read from srcFd, or from
-// srcPath (a symlink) when srcFd is negative; dstFd, if not negative, is name
-// open, whose own attributes (a default ACL it inherited) are replaced. Owner
-// first: chown clears the setuid and setgid bits; mode after the attributes:
-// setting an access ACL changes the mode.
-func (b *builder) setMeta(dirfd int, name string, st *unix.Stat_t, srcFd, dstFd int, srcPath string) error {
+// setMeta gives name in dirfd the owner, extended attributes (want, replacing
+// have), mode (not for symlinks) and times of st. Owner first: chown clears
+// the setuid and setgid bits; mode after the attributes: setting an access
+// ACL changes the mode.
+func (b *builder) setMeta(dirfd int, name string, st *unix.Stat_t, want, have []Xattr) error {
 	if err := b.fs.Lchownat(dirfd, name, int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, unix.EPERM) {
 		return fmt.Errorf("chown: %w", err)
 	}
-	var want, have []Xattr
-	var err error
-	if srcFd >= 0 {
-		want, err = b.xbuf.ofFd(srcFd)
-	} else {
-		want, err = b.xbuf.ofPath(srcPath)
-	}
-	if err == nil && dstFd >= 0 {
-		have, err = b.xbuf.ofFd(dstFd)
-	}
-	if err == nil {
-		err = syncXattrs(b.fs, dirfd, name, have, want)
-	}
-	if err != nil {
+	if err := syncXattrs(b.fs, dirfd, name, have, want); err != nil {
 		return fmt.Errorf("extended attributes: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
@@ -217,8 +241,8 @@ func (b *builder) setMeta(dirfd int, name string, st *unix.Stat_t, srcFd, dstFd 
 }
 
 // copyFile makes name in dstFd a real copy of name in srcFd, with its mode,
-// owner and times.
-func (b *builder) copyFile(srcFd, dstFd int, name string) error {
+// owner, extended attributes and times.
+func (b *builder) copyFile(w *worker, srcFd, dstFd int, name string) error {
 	in, err := unix.Openat(srcFd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -233,11 +257,11 @@ func (b *builder) copyFile(srcFd, dstFd int, name string) error {
 		return err
 	}
 	defer unix.Close(out)
-	if b.copyBuf == nil {
-		b.copyBuf = make([]byte, 256<<10)
+	if w.copyBuf == nil {
+		w.copyBuf = make([]byte, 256<<10)
 	}
 	for {
-		n, err := unix.Read(in, b.copyBuf)
+		n, err := unix.Read(in, w.copyBuf)
 		if err == unix.EINTR {
 			continue
 		}
@@ -247,11 +271,19 @@ func (b *builder) copyFile(srcFd, dstFd int, name string) error {
 		if n == 0 {
 			break
 		}
-		if err := b.fs.Write(out, b.copyBuf[:n]); err != nil {
+		if err := b.fs.Write(out, w.copyBuf[:n]); err != nil {
 			return err
 		}
 	}
-	return b.setMeta(dstFd, name, &st, in, out, "")
+	want, err := w.xbuf.ofFd(in)
+	if err != nil {
+		return err
+	}
+	have, err := w.xbuf.ofFd(out)
+	if err != nil {
+		return err
+	}
+	return b.setMeta(dstFd, name, &st, want, have)
 }
 
 func readlinkAt(dirfd int, name string) (string, error) {

@@ -35,8 +35,12 @@ type Options struct {
 	// Manifest receives a record for every hard-linked file. Required.
 	Manifest *ManifestWriter
 	// Progress, if set, is called with the number of entries done so far,
-	// about every 10,000 entries.
+	// about every 10,000 entries (from the building goroutines, one call at
+	// a time).
 	Progress func(entries int64)
+	// Workers is how many directories are processed at once; zero means
+	// GOMAXPROCS.
+	Workers int
 	// Logger receives debug messages. Nil discards them.
 	Logger *slog.Logger
 }
