@@ -46,7 +46,9 @@ func (tx *Tx) Commit() (*Result, error) {
 	default:
 		return res, fmt.Errorf("commit: transaction is in phase %q", tx.j.Phase)
 	}
-	if err := tx.discard(); err != nil {
+	err := tx.discard()
+	res.Garbage = tx.garbage
+	if err != nil {
 		return res, fmt.Errorf("commit: drop shadow: %w", err)
 	}
 	return res, nil
@@ -68,7 +70,9 @@ func (tx *Tx) Rollback() (*Result, error) {
 	switch tx.j.Phase {
 	case PhaseSnapshot:
 		// The directory was never touched.
-		if err := tx.discard(); err != nil {
+		err := tx.discard()
+		res.Garbage = tx.garbage
+		if err != nil {
 			return res, fmt.Errorf("rollback: drop shadow: %w", err)
 		}
 		return res, nil
@@ -89,7 +93,9 @@ func (tx *Tx) Rollback() (*Result, error) {
 		return res, fmt.Errorf("rollback: commit already began (phase %q): it can only be finished", tx.j.Phase)
 	}
 	res.Lost = tx.j.Lost
-	if err := tx.putBack(); err != nil {
+	err := tx.putBack()
+	res.Garbage = tx.garbage
+	if err != nil {
 		return res, fmt.Errorf("rollback: %w", err)
 	}
 	if len(res.Lost) > 0 {

@@ -24,6 +24,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +57,13 @@ type Options struct {
 	Progress func(entries int64)
 	// Logger receives a debug line per step; nil discards.
 	Logger *slog.Logger
+	// DeferRemoval leaves the trees that a finished transaction named for
+	// removal (the dropped shadow, the failed tree) to the caller, listed in
+	// Result.Garbage, instead of deleting them before Commit or Rollback
+	// returns: deleting a big tree takes time, and nothing depends on it.
+	// Trees left so are garbage under any lock: RemoveGarbage, a later
+	// transaction, recovery or gc deletes them.
+	DeferRemoval bool
 }
 
 // Tx is a transaction on one directory. It holds the directory's exclusive
@@ -67,6 +76,8 @@ type Tx struct {
 	j       Journal
 	log     *slog.Logger
 	leftOut []string
+	deferRm bool
+	garbage []string // trees named for removal, when deferRm
 	done    bool
 }
 
@@ -86,6 +97,9 @@ type Result struct {
 	// Kept is the path of the failed tree, kept for inspection when Lost is
 	// not empty.
 	Kept string
+	// Garbage lists the trees named for removal that are left to delete
+	// (Options.DeferRemoval): pass them to RemoveGarbage.
+	Garbage []string
 }
 
 // Errors of a transaction that callers branch on.
@@ -135,6 +149,7 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 		return nil, err
 	}
 	tx = newTx(n, lk, opts.FS, opts.Logger)
+	tx.deferRm = opts.DeferRemoval
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, tx.abandon())
@@ -318,6 +333,7 @@ func (tx *Tx) abandon() error {
 	if tx.pfd < 0 || tx.j.Shadow.Ino == 0 {
 		return nil
 	}
+	tx.deferRm = false // the caller gets no Result to find the garbage in
 	return tx.discard()
 }
 
@@ -379,7 +395,8 @@ func (tx *Tx) finish() error {
 	return tx.removeGarbage()
 }
 
-// removeGarbage deletes every tree of the directory named for removal.
+// removeGarbage deletes every tree of the directory named for removal, or
+// with DeferRemoval lists them in tx.garbage.
 func (tx *Tx) removeGarbage() error {
 	names, err := readNames(tx.n.Parent)
 	if err != nil {
@@ -390,10 +407,51 @@ func (tx *Tx) removeGarbage() error {
 		if tx.n.Classify(name) != KindRemoving {
 			continue
 		}
+		if tx.deferRm {
+			tx.garbage = append(tx.garbage, tx.n.Path(name))
+			continue
+		}
 		tx.step("remove tree", name)
 		errs = append(errs, snapshot.Remove(tx.n.Parent, name, tx.fs))
 	}
 	return errors.Join(errs...)
+}
+
+// RemoveGarbage deletes trees that transactions named for removal
+// (Result.Garbage): each path must be a ".#treetx.NAME.removing.ID" name, or
+// it is refused. It takes no lock: such trees belong to no transaction.
+// Several RemoveGarbage calls on one tree may run at once.
+func RemoveGarbage(paths []string, fs fsys.FS) error {
+	var errs []error
+	for _, p := range paths {
+		parent, name := filepath.Dir(p), filepath.Base(p)
+		base, ok := removalBase(name)
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: not a tree named for removal; left alone", p))
+			continue
+		}
+		n, err := NamesFor(filepath.Join(parent, base))
+		if err != nil || n.Classify(name) != KindRemoving {
+			errs = append(errs, fmt.Errorf("%s: not a tree named for removal; left alone", p))
+			continue
+		}
+		errs = append(errs, snapshot.Remove(parent, name, fs))
+	}
+	return errors.Join(errs...)
+}
+
+// removalBase returns the directory base name of a removal name
+// ".#treetx.NAME.removing.ID".
+func removalBase(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, Prefix)
+	if !ok || len(rest) < len(".removing.")+idLen {
+		return "", false
+	}
+	base, suffix := rest[:len(rest)-len(".removing.")-idLen], rest[len(rest)-len(".removing.")-idLen:]
+	if !strings.HasPrefix(suffix, ".removing.") || base == "" {
+		return "", false
+	}
+	return base, true
 }
 
 func readNames(dir string) ([]string, error) {

@@ -317,3 +317,61 @@ func TestBeginWaitsForTheLock(t *testing.T) {
 		t.Errorf("holder %v, want this process", held.Holder)
 	}
 }
+
+func TestDeferRemovalLeavesGarbageToTheCaller(t *testing.T) {
+	for _, path := range []string{"commit", "rollback"} {
+		t.Run(path, func(t *testing.T) {
+			dir := newSample(t)
+			tx, err := txn.Begin(dir, txn.Options{DeferRemoval: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var res *txn.Result
+			if path == "commit" {
+				res, err = tx.Commit()
+			} else {
+				res, err = tx.Rollback()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Garbage) != 1 || !strings.Contains(res.Garbage[0], ".#treetx.repo.removing.") {
+				t.Fatalf("Garbage = %v, want the one tree named for removal", res.Garbage)
+			}
+			if _, err := os.Lstat(res.Garbage[0]); err != nil {
+				t.Fatalf("garbage tree already gone: %v", err)
+			}
+			// Recovery has nothing to do for the directory itself.
+			if err := txn.RemoveGarbage(res.Garbage, nil); err != nil {
+				t.Fatal(err)
+			}
+			if left := leftovers(t, dir); left != nil {
+				t.Errorf("left behind: %v", left)
+			}
+		})
+	}
+}
+
+func TestRemoveGarbageRefusesOtherNames(t *testing.T) {
+	parent := t.TempDir()
+	for _, name := range []string{"repo", ".#treetx.repo.complete", ".#treetx.repo.removing.xyz", ".#treetx.repo.failed.0123456789abcdef", ".#treetx..removing.0123456789abcdef"} {
+		p := filepath.Join(parent, name)
+		if err := os.Mkdir(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := txn.RemoveGarbage([]string{p}, nil); err == nil {
+			t.Errorf("RemoveGarbage(%s) accepted it", name)
+		}
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("%s was removed: %v", name, err)
+		}
+	}
+	ok := filepath.Join(parent, ".#treetx.my.dir.removing.0123456789abcdef")
+	os.MkdirAll(filepath.Join(ok, "x/y"), 0o755)
+	if err := txn.RemoveGarbage([]string{ok}, nil); err != nil {
+		t.Errorf("RemoveGarbage(%s): %v", ok, err)
+	}
+	if _, err := os.Lstat(ok); !os.IsNotExist(err) {
+		t.Errorf("%s still there", ok)
+	}
+}
