@@ -143,7 +143,7 @@ func (b *builder) list(w *worker, n *dirNode) error {
 			b.mu.Unlock()
 		}
 	}
-	return nil
+	return b.flushRecords(w)
 }
 
 // post gives directory n's shadow its metadata, once every entry below it
@@ -209,12 +209,24 @@ func (b *builder) entry(w *worker, srcPath string, srcFd, dstFd int, e dirent, r
 	if rec.Xattrs, err = w.xbuf.ofPath(full); err != nil {
 		return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
 	}
-	b.manifest.Lock()
-	err = b.opts.Manifest.Add(rec)
-	b.manifest.Unlock()
-	if err != nil {
-		return fmt.Errorf("snapshot: write manifest: %w", err)
+	w.records = append(w.records, rec)
+	return nil
+}
+
+// flushRecords writes the records of the directory just listed to the
+// manifest, together, so that each directory's records are contiguous.
+func (b *builder) flushRecords(w *worker) error {
+	if len(w.records) == 0 {
+		return nil
 	}
+	b.manifest.Lock()
+	defer b.manifest.Unlock()
+	for _, r := range w.records {
+		if err := b.opts.Manifest.Add(r); err != nil {
+			return fmt.Errorf("snapshot: write manifest: %w", err)
+		}
+	}
+	w.records = w.records[:0]
 	return nil
 }
 

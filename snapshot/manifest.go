@@ -23,7 +23,7 @@ import (
 //	...
 //	# end COUNT
 //
-// MODE is octal (permission, setuid, setgid and sticky bits), ATIME and MTIME
+// The records of the files of one directory are contiguous. MODE is octal (permission, setuid, setgid and sticky bits), ATIME and MTIME
 // are SECONDS.NANOSECONDS, and PATH is relative to the tree's root with every
 // byte outside '!'..'~' and every backslash written as \0NNN (octal), the form
 // printf(1)'s %b reads. XATTRS is "-" for a file without extended attributes,

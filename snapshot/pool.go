@@ -42,6 +42,7 @@ type worker struct {
 	scratch []byte
 	copyBuf []byte
 	xbuf    xattrBuf
+	records []Record // manifest records of the directory being listed
 }
 
 // run walks from the root with workers goroutines (GOMAXPROCS if zero) and

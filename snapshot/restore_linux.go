@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -17,10 +19,16 @@ import (
 // another inode, is an error: nothing but treetx changes a shadow by name.
 func Changed(root string, manifest io.Reader) ([]string, error) {
 	var changed []string
+	c := dirCursor{root: root, fd: -1}
+	defer c.close()
 	err := ReadManifest(manifest, func(r Record) error {
 		var st unix.Stat_t
 		p := joinRel(root, r.Path)
-		if err := unix.Lstat(p, &st); err != nil {
+		dirfd, base, err := c.at(r.Path)
+		if err == nil {
+			err = lstatAt(dirfd, base, &st)
+		}
+		if err != nil {
 			return fmt.Errorf("check %s: %w", p, err)
 		}
 		if st.Ino != r.Ino {
@@ -45,10 +53,16 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 		fs = fsys.OS{}
 	}
 	var xb xattrBuf
+	c := dirCursor{root: root, fd: -1}
+	defer c.close()
 	err = ReadManifest(manifest, func(r Record) error {
 		var st unix.Stat_t
 		p := joinRel(root, r.Path)
-		if err := unix.Lstat(p, &st); err != nil {
+		dirfd, base, err := c.at(r.Path)
+		if err == nil {
+			err = lstatAt(dirfd, base, &st)
+		}
+		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				skipped++
 				return nil
@@ -61,7 +75,7 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 		}
 		did := false
 		if st.Uid != r.UID || st.Gid != r.GID {
-			if err := fs.Lchownat(unix.AT_FDCWD, p, int(r.UID), int(r.GID)); err != nil {
+			if err := fs.Lchownat(dirfd, base, int(r.UID), int(r.GID)); err != nil {
 				return fmt.Errorf("restore owner of %s: %w", p, err)
 			}
 			did = true
@@ -72,16 +86,16 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 			return fmt.Errorf("restore extended attributes of %s: %w", p, err)
 		}
 		if !equalXattrs(have, r.Xattrs) {
-			if err := syncXattrs(fs, unix.AT_FDCWD, p, have, r.Xattrs); err != nil {
+			if err := syncXattrs(fs, dirfd, base, have, r.Xattrs); err != nil {
 				return fmt.Errorf("restore extended attributes of %s: %w", p, err)
 			}
 			did = true
-			if err := unix.Lstat(p, &st); err != nil { // an access ACL sets the mode
+			if err := lstatAt(dirfd, base, &st); err != nil { // an access ACL sets the mode
 				return fmt.Errorf("restore %s: %w", p, err)
 			}
 		}
 		if st.Mode&07777 != r.Mode {
-			if err := fs.Fchmodat(unix.AT_FDCWD, p, r.Mode); err != nil {
+			if err := fs.Fchmodat(dirfd, base, r.Mode); err != nil {
 				return fmt.Errorf("restore mode of %s: %w", p, err)
 			}
 			did = true
@@ -89,7 +103,7 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 		// A file written in place keeps its new times, so that it still
 		// looks changed: its old content is lost.
 		if !r.contentChanged(&st) && st.Atim != r.Atime {
-			if err := fs.Lutimesat(unix.AT_FDCWD, p, r.Atime, r.Mtime); err != nil {
+			if err := fs.Lutimesat(dirfd, base, r.Atime, r.Mtime); err != nil {
 				return fmt.Errorf("restore times of %s: %w", p, err)
 			}
 			did = true
@@ -100,4 +114,36 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 		return nil
 	})
 	return restored, skipped, err
+}
+
+// dirCursor opens the directories of a tree one at a time, in the order the
+// manifest's records name them (a directory's records are contiguous), so
+// that each file is reached relative to its directory's descriptor.
+type dirCursor struct {
+	root string
+	rel  string // the directory open as fd
+	fd   int    // -1 when none is open
+}
+
+// at returns the descriptor of rel's directory and rel's base name.
+func (c *dirCursor) at(rel string) (dirfd int, base string, err error) {
+	dir, base := path.Split(rel)
+	dir = strings.TrimSuffix(dir, "/")
+	if c.fd >= 0 && dir == c.rel {
+		return c.fd, base, nil
+	}
+	c.close()
+	if c.fd, err = openDir(unix.AT_FDCWD, joinRel(c.root, dotIfEmpty(dir))); err != nil {
+		c.fd = -1
+		return -1, "", err
+	}
+	c.rel = dir
+	return c.fd, base, nil
+}
+
+func (c *dirCursor) close() {
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+		c.fd = -1
+	}
 }
