@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -14,12 +15,13 @@ import (
 type recoverOptions struct {
 	dryRun bool
 	json   bool
+	scan   bool
 }
 
 func newRecoverCommand(g *globals) *cobra.Command {
 	o := &recoverOptions{}
 	c := &cobra.Command{
-		Use:   "recover [--dry-run] [--json] DIR...",
+		Use:   "recover [--dry-run] [--json] DIR... | --scan ROOT...",
 		Short: "Finish or undo what a crash left on each DIR",
 		Long: `Finish or undo what a crash left on each DIR.
 
@@ -30,49 +32,89 @@ commit or rollback that was half done, and removes abandoned leftovers. It
 never installs a tree whose root is not the inode the journal records, and it
 does nothing destructive when the journal is unreadable.
 
+With --scan, the arguments are roots: every directory under them (the roots
+included) that has something of treetx's beside it other than its lock file is
+recovered, one line each. The walk does not follow symlinks, does not cross
+mount points and does not descend into treetx's own trees (.#treetx.*).
+
 Exit status: 0 every DIR is consistent now; 75 some DIR is busy; 125 some DIR
-needs a person (or recovery failed); 64 bad command line.`,
-		Example: "  treetx recover /srv/cvsroot\n  treetx recover --dry-run --json /srv/cvsroot",
-		Args:    cobra.MinimumNArgs(1),
+needs a person (or recovery failed; 125 wins over 75); 64 bad command line.`,
+		Example: "  treetx recover /srv/cvsroot\n  treetx recover --dry-run --json /srv/cvsroot\n  treetx recover --scan /srv/cvs",
+		Args:    usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRecover(args, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	c.Flags().BoolVar(&o.dryRun, "dry-run", false, "say what would be done, change nothing")
 	c.Flags().BoolVar(&o.json, "json", false, "print one JSON object per DIR (see docs/protocol.md)")
+	c.Flags().BoolVar(&o.scan, "scan", false, "the arguments are roots: recover every directory under them that has leftovers")
 	return c
 }
 
-func runRecover(dirs []string, o *recoverOptions, stdout, stderr io.Writer) error {
-	code := exitOK
+func runRecover(args []string, o *recoverOptions, stdout, stderr io.Writer) error {
+	var codes exitCodes
+	dirs := args
+	if o.scan {
+		dirs = scanRoots(args, &codes, "recover", stderr)
+	}
 	for _, dir := range dirs {
-		r, err := txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun})
-		if r != nil {
-			printReport(stdout, r, o.json, o.dryRun)
-		}
+		r, err := txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun, NoFollow: o.scan})
+		printReport(stdout, r, o.json, o.dryRun)
 		if err != nil {
-			c := exitCode(err)
-			if !errors.Is(err, txrecover.ErrBusy) || r == nil {
+			if !errors.Is(err, txrecover.ErrBusy) {
 				fmt.Fprintf(stderr, "treetx: recover: %v\n", err)
 			}
-			if code == exitOK || c == exitTreetxError {
-				code = c
-			}
+			codes.add(exitCode(err))
 		}
 	}
-	if code != exitOK {
-		return exitStatus(code)
+	return codes.err()
+}
+
+// scanRoots returns the directories with leftovers under roots, sorted and
+// without duplicates. A root that cannot be walked whole is reported on
+// stderr and makes the exit status 125.
+func scanRoots(roots []string, codes *exitCodes, verb string, stderr io.Writer) []string {
+	var dirs []string
+	for _, root := range roots {
+		found, err := txrecover.Scan(root)
+		if err != nil {
+			fmt.Fprintf(stderr, "treetx: %s: %v\n", verb, err)
+			codes.add(exitTreetxError)
+		}
+		dirs = append(dirs, found...)
+	}
+	slices.Sort(dirs)
+	return slices.Compact(dirs)
+}
+
+// exitCodes combines the outcomes of several directories: 125 wins over 75,
+// which wins over 0.
+type exitCodes struct{ code int }
+
+func (c *exitCodes) add(code int) {
+	if c.code == exitOK || code == exitTreetxError {
+		c.code = code
+	}
+}
+
+func (c *exitCodes) err() error {
+	if c.code != exitOK {
+		return exitStatus(c.code)
 	}
 	return nil
 }
 
-// printReport prints one line (or one JSON object) for r.
+// printReport prints one line (or one JSON object) for r. In text, a
+// directory that could not be inspected gets no line (its error goes to
+// stderr).
 func printReport(w io.Writer, r *txrecover.Report, asJSON, dryRun bool) {
 	if asJSON {
-		b, err := json.Marshal(r)
-		if err == nil {
-			fmt.Fprintf(w, "%s\n", b)
-		}
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		enc.Encode(r)
+		return
+	}
+	if r.State == txrecover.StateError {
 		return
 	}
 	line := fmt.Sprintf("%s: %s: %s", r.Dir, r.State, r.Found)

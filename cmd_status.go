@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
@@ -8,34 +9,45 @@ import (
 	txrecover "github.com/treetx/treetx/recover"
 )
 
+type statusOptions struct {
+	json bool
+}
+
 func newStatusCommand(g *globals) *cobra.Command {
-	var asJSON bool
+	o := &statusOptions{}
 	c := &cobra.Command{
 		Use:   "status [--json] DIR",
 		Short: "Tell whether DIR is idle, in a transaction, or needs recovery",
 		Long: `Tell whether DIR is idle, in a transaction, or needs recovery.
 
+One line: DIR, its state (idle, in progress, needs recovery, needs a person),
+what is there (for a transaction in progress: the lock's holder, its pid,
+host, user, command and since when, and the transaction's phase), and what
+treetx recover would do. status changes nothing, and does not wait for the
+lock. --json prints the object docs/protocol.md describes.
+
 Exit status: 0 idle or in progress; 3 needs recovery (treetx recover DIR would
 fix it); 125 needs a person, or an error; 64 bad command line.`,
-		Args: cobra.ExactArgs(1),
+		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runStatus(args[0], asJSON, cmd.OutOrStdout())
+			return runStatus(args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON object (see docs/protocol.md)")
+	c.Flags().BoolVar(&o.json, "json", false, "print a JSON object (see docs/protocol.md)")
 	return c
 }
 
-func runStatus(dir string, asJSON bool, stdout io.Writer) error {
+func runStatus(dir string, o *statusOptions, stdout, stderr io.Writer) error {
 	r, err := txrecover.Inspect(dir)
+	printReport(stdout, r, o.json, true)
 	if err != nil {
-		return err
+		fmt.Fprintf(stderr, "treetx: status: %v\n", err)
+		return exitStatus(exitTreetxError)
 	}
-	printReport(stdout, r, asJSON, true)
 	switch r.State {
 	case txrecover.StateNeedsRecovery:
 		return exitStatus(exitNeedsRecov)
-	case txrecover.StateNeedsPerson:
+	case txrecover.StateNeedsPerson, txrecover.StateError:
 		return exitStatus(exitTreetxError)
 	}
 	return nil

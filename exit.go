@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/spf13/cobra"
+
 	"github.com/treetx/treetx/lock"
 	txrecover "github.com/treetx/treetx/recover"
 	"github.com/treetx/treetx/txn"
@@ -51,5 +53,16 @@ func exitCode(err error) int {
 		return exitBusy
 	default:
 		return exitTreetxError
+	}
+}
+
+// usageArgs makes the failure of a cobra argument check a usage error
+// (exit 64), as flag errors are.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if err := check(c, args); err != nil {
+			return usageErrorf("%s: %v (see %s --help)", c.Name(), err, c.CommandPath())
+		}
+		return nil
 	}
 }

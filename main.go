@@ -6,8 +6,11 @@
 // runs COMMAND under an exclusive lock on DIR, with a hard-link shadow of DIR
 // beside it: if COMMAND fails, is killed, or the machine crashes, DIR is put
 // back exactly as it was; if it succeeds, its changes are kept. treetx
-// recover finishes or undoes what a crash left, and treetx status tells the
-// state of a directory. See README.md and docs/protocol.md.
+// recover finishes or undoes what a crash left (on each DIR, or on every
+// directory under a root with --scan), treetx status tells the state of a
+// directory, treetx gc removes what finished transactions left (for cron),
+// and treetx lock runs a command under a directory's lock without a
+// transaction (readers, with --shared). See README.md and docs/protocol.md.
 package main
 
 import (
@@ -43,7 +46,7 @@ changes are kept.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErrorf("%v (see %s --help)", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCommand(g), newRecoverCommand(g), newStatusCommand(g), newGCCommand(g), newLockCommand(g))
+	root.AddCommand(newRunCommand(g), newRecoverCommand(g), newStatusCommand(g), newGCCommand(g), newLockCommand(g), newCleanupCommand())
 	return root
 }
 

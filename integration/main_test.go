@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -304,6 +305,7 @@ func listing(t *testing.T, dir string) []string {
 // names in allowed.
 func sameListing(t *testing.T, dir string, before []string, allowed ...string) {
 	t.Helper()
+	awaitCleanup(t, dir)
 	after := listing(t, dir)
 	for _, name := range before {
 		if !slices.Contains(after, name) {
@@ -324,10 +326,31 @@ func lockName(base string) string { return ".#treetx." + base + ".lock" }
 // in parent.
 func noLeftovers(t *testing.T, parent, base string) {
 	t.Helper()
+	awaitCleanup(t, parent)
 	for _, name := range listing(t, parent) {
 		if strings.HasPrefix(name, ".#treetx."+base+".") && name != lockName(base) {
 			t.Errorf("%s: leftover %q", parent, name)
 		}
+	}
+}
+
+// removalName matches the name of a tree treetx named for removal.
+var removalName = regexp.MustCompile(`^\.#treetx\..+\.removing\.[0-9a-f]{16}$`)
+
+// awaitCleanup waits (up to 10 s) for the trees named for removal in dir to
+// be gone: treetx run leaves their deletion to a detached process.
+func awaitCleanup(t *testing.T, dir string) {
+	t.Helper()
+	pending := func() bool {
+		for _, name := range listing(t, dir) {
+			if removalName.MatchString(name) {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); pending() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

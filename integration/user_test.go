@@ -65,3 +65,40 @@ func TestRunAsOrdinaryUser(t *testing.T) {
 		})
 	}
 }
+
+// TestLockFileMadeByRoot: root ran treetx on a repository first (a recover
+// at boot), so the lock file is root's, 0644. The repository's own user
+// must still be able to run transactions: the lock is taken through a
+// read-only descriptor and the holder record, which needs write access, is
+// left out.
+func TestLockFileMadeByRoot(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	tmp := t.TempDir()
+	for _, d := range []string{filepath.Dir(tmp), tmp} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	parent := filepath.Join(tmp, "parent")
+	tree := filepath.Join(parent, "tree")
+	if err := os.MkdirAll(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, nil, "chown -R 65534:65534 "+parent)
+	wantCode(t, treetx(t, nil, runArgs(tree, []string{"true"})...), 0)
+	lockPath := filepath.Join(parent, lockName("tree"))
+	fi, err := os.Stat(lockPath)
+	if err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("lock file %s: %v, want one owned by root", lockPath, err)
+	}
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	r := invoke(t, invocation{args: runArgs(tree, script(`touch "$T/by-nobody"`)), env: env(tree, tmp), cred: nobody, dir: "/"})
+	wantCode(t, r, 0)
+	if !exists(filepath.Join(tree, "by-nobody")) {
+		t.Errorf("nobody's change was not committed")
+	}
+	r = invoke(t, invocation{args: runArgs(tree, script("exit 4")), cred: nobody, dir: "/"})
+	wantCode(t, r, 4)
+	noLeftovers(t, parent, "tree")
+}

@@ -30,6 +30,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -105,7 +106,15 @@ func (h Holder) String() string {
 	b.WriteString(strconv.Itoa(h.PID))
 	if len(h.Command) > 0 {
 		b.WriteString(" (")
-		b.WriteString(strings.Join(h.Command, " "))
+		for i, arg := range h.Command {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			if strings.ContainsFunc(arg, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+				arg = strconv.Quote(arg)
+			}
+			b.WriteString(arg)
+		}
 		b.WriteString(")")
 	}
 	if h.Host != "" {
@@ -160,8 +169,9 @@ type Lock struct {
 // missing, and locks it in opts.Mode. The lock file is never deleted.
 //
 // With Mode Exclusive, once the lock is had, Acquire truncates the file and
-// writes opts.Self into it as JSON, so that waiters can name the holder. With
-// Mode Shared it writes nothing.
+// writes opts.Self into it as JSON, so that waiters can name the holder, if
+// it may write the file (a lock file another user made is locked all the
+// same, without a record). With Mode Shared it writes nothing.
 //
 // If the lock is not had within opts.Timeout, Acquire returns a *HeldError. If
 // ctx is done first, it returns an error wrapping ctx's error. If the process
@@ -219,6 +229,12 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 			err = fmt.Errorf("lock %s: record holder: %w", path, err)
 		} else {
 			err = l.writeRecord(self)
+			// The record is a courtesy to waiters: a lock file this
+			// process may lock but not write (another user made it) still
+			// locks.
+			if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+				err = nil
+			}
 		}
 		if err != nil {
 			return nil, errors.Join(err, l.Release())
@@ -250,7 +266,7 @@ func (l *Lock) Release() error {
 	}
 	var errs []error
 	if l.mode == Exclusive && l.fi != nil {
-		if err := l.clearRecord(); err != nil {
+		if err := l.clearRecord(); err != nil && !errors.Is(err, fs.ErrPermission) && !errors.Is(err, syscall.EROFS) {
 			errs = append(errs, err)
 		}
 	}

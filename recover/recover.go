@@ -1,5 +1,7 @@
 // Package recover reads what a crash left beside a directory and finishes
-// or undoes it, as the crash-state table of docs/protocol.md says.
+// or undoes it, as the crash-state table of docs/protocol.md says; it also
+// finds such directories under a root (Scan) and collects the garbage of
+// finished transactions (GC).
 //
 // The package is named recover after its folder; a file that imports it
 // cannot call the builtin recover() unless it imports it under another name
@@ -7,12 +9,19 @@
 package recover
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/lock"
@@ -20,7 +29,7 @@ import (
 	"github.com/treetx/treetx/txn"
 )
 
-// State is what Inspect found.
+// State is what Inspect, Recover or GC found.
 type State string
 
 // The states of a directory.
@@ -35,6 +44,9 @@ const (
 	// StateNeedsPerson: what is there does not match any crash state (a
 	// corrupt journal, a shadow name no journal claims...); Recover refuses.
 	StateNeedsPerson State = "needs a person"
+	// StateError: the directory could not be inspected (it does not exist,
+	// its parent cannot be read...).
+	StateError State = "error"
 )
 
 // Errors Recover returns, for exit codes.
@@ -45,25 +57,81 @@ var (
 	ErrNeedsPerson = errors.New("needs a person")
 )
 
-// Report describes a directory's state and, after Recover, what was done.
-type Report struct {
-	Dir     string       `json:"dir"`
-	State   State        `json:"state"`
-	Journal *txn.Journal `json:"journal,omitempty"`
-	// Holder is the lock holder's record when the state is in progress.
-	Holder *lock.Holder `json:"holder,omitempty"`
-	// Found describes what is there; Action what Recover does (or did).
-	Found  string `json:"found"`
-	Action string `json:"action,omitempty"`
-	// Done is true once Recover has carried Action out.
-	Done bool `json:"done"`
-	// Lost lists files whose old content a rollback could not restore.
-	Lost []string `json:"lost,omitempty"`
-	// Kept is a failed tree kept for inspection.
-	Kept string `json:"kept,omitempty"`
+// Holder is the process that holds a directory's lock, as it recorded itself
+// in the lock file.
+type Holder struct {
+	PID     int       `json:"pid"`
+	Host    string    `json:"host"`
+	User    string    `json:"user"`
+	Command []string  `json:"command"`
+	Since   time.Time `json:"since"`
+	// Running is false when the recorded process is known to have exited
+	// (it ran on this host): the lock is then held by a process that
+	// inherited it (the command of a treetx that was killed) or by a reader.
+	Running bool `json:"running"`
+}
 
-	names   txn.Names
+// Report describes a directory's state and, after Recover or GC, what was
+// done. Its JSON form is documented in docs/protocol.md ("status and recover
+// output"); every field is always present.
+type Report struct {
+	// Dir is the directory, absolute and resolved (as given, when it could
+	// not be resolved).
+	Dir   string `json:"dir"`
+	State State  `json:"state"`
+	// Phase is the journal's phase, "" without a readable journal.
+	Phase txn.Phase `json:"phase"`
+	// LockHeld is true when another process held the directory's lock.
+	LockHeld bool `json:"lock_held"`
+	// Holder is the lock's recorded holder when LockHeld, if it recorded
+	// itself (shared holders do not).
+	Holder *Holder `json:"holder"`
+	// Journal is the transaction's journal, if there is a readable one.
+	Journal *txn.Journal `json:"journal"`
+	// Found describes what is there; Action what Recover does (or did, or
+	// would do). Both are for people.
+	Found  string `json:"found"`
+	Action string `json:"action"`
+	// Done is true once Action was carried out.
+	Done bool `json:"done"`
+	// Removed lists the leftovers (paths) removed, or with Done false those
+	// that would be.
+	Removed []string `json:"removed"`
+	// Lost lists files whose old content a rollback could not restore.
+	Lost []string `json:"lost"`
+	// Kept is a failed tree kept for inspection by that rollback.
+	Kept string `json:"kept"`
+	// Error is why recovery failed or the directory could not be inspected.
+	Error string `json:"error"`
+
 	garbage []string // names to delete when there is no journal
+	failed  []string // names of failed trees kept for inspection
+}
+
+// MarshalJSON writes every field, lists as [] rather than null.
+func (r Report) MarshalJSON() ([]byte, error) {
+	type plain Report
+	c := plain(r)
+	c.Removed, c.Lost = nonNil(c.Removed), nonNil(c.Lost)
+	if c.Holder != nil {
+		h := *c.Holder
+		h.Command = nonNil(h.Command)
+		c.Holder = &h
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // Options configures Recover.
@@ -72,24 +140,42 @@ type Options struct {
 	DryRun bool
 	// FS performs every mutation; nil means fsys.OS.
 	FS fsys.FS
+	// NoFollow takes the directory path as it is, in a parent whose path
+	// holds no symlink (as Scan returns them), rather than resolving
+	// symlinks: a directory that is a symlink is then refused (treetx's
+	// names beside a symlink were not made for it).
+	NoFollow bool
 }
 
 // Inspect reports the state of dir without changing anything. It takes no
-// lock beyond a shared try, to tell a live transaction from a dead one.
+// lock beyond a shared try, to tell a live transaction from a dead one, and
+// does not create the lock file when there is none.
 func Inspect(dir string) (*Report, error) {
-	n, err := namesOf(dir)
+	n, err := resolve(dir, false)
 	if err != nil {
-		return nil, err
+		return errorReport(dir, err), err
+	}
+	r, err := look(n)
+	return finishInspect(n, r, err)
+}
+
+// look classifies n's state under a shared lock taken without waiting (a
+// report in progress if another process holds it exclusively), and without
+// creating the lock file: a transaction creates it before anything else, so
+// without one nothing is live, unless one began meanwhile, which a second
+// look under the lock then sees.
+func look(n txn.Names) (*Report, error) {
+	if !exists(n.Path(n.Lock)) {
+		r, err := classify(n)
+		if !exists(n.Path(n.Lock)) {
+			return r, err
+		}
 	}
 	lk, err := lock.Acquire(context.Background(), n.Path(n.Lock), lock.Options{Mode: lock.Shared, Timeout: 0})
 	if err != nil {
 		var held *lock.HeldError
 		if errors.As(err, &held) {
-			r := &Report{Dir: n.Dir, State: StateInProgress, Holder: held.Holder, names: n, Found: "a transaction is in progress"}
-			if j, jerr := txn.ReadJournal(n.Path(n.Journal)); jerr == nil {
-				r.Journal = j
-			}
-			return r, nil
+			return busyReport(n), nil
 		}
 		return nil, err
 	}
@@ -97,51 +183,107 @@ func Inspect(dir string) (*Report, error) {
 	return classify(n)
 }
 
+func finishInspect(n txn.Names, r *Report, err error) (*Report, error) {
+	if err != nil {
+		return errorReport(n.Dir, err), err
+	}
+	if r.State == StateIdle && !exists(n.Dir) {
+		err := fmt.Errorf("%s: no such directory", n.Dir)
+		return errorReport(n.Dir, err), err
+	}
+	return r, nil
+}
+
 // Recover takes dir's lock without waiting and finishes or undoes what a
 // crash left. A held lock means a live transaction: the report says so and
 // the error is ErrBusy. A state recovery may not act on gives ErrNeedsPerson
 // and changes nothing. Recover is idempotent, and a crash of Recover itself
-// leaves a state a later Recover finishes.
+// leaves a state a later Recover finishes. The report is never nil.
 func Recover(dir string, opts Options) (*Report, error) {
-	n, err := namesOf(dir)
+	return recoverDir(dir, opts, nil)
+}
+
+func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
+	n, err := resolve(dir, opts.NoFollow)
 	if err != nil {
-		return nil, err
-	}
-	mode := lock.Exclusive
-	if opts.DryRun {
-		mode = lock.Shared
-	}
-	lk, err := lock.Acquire(context.Background(), n.Path(n.Lock), lock.Options{Mode: mode, Timeout: 0, Self: lock.Holder{Command: []string{"treetx", "recover", n.Dir}}})
-	if err != nil {
-		var held *lock.HeldError
-		if errors.As(err, &held) {
-			r := &Report{Dir: n.Dir, State: StateInProgress, Holder: held.Holder, names: n, Found: "a transaction is in progress", Action: "left alone"}
-			return r, fmt.Errorf("%s: %w", n.Dir, ErrBusy)
-		}
-		return nil, err
-	}
-	r, err := classify(n)
-	if err != nil || opts.DryRun || r.State != StateNeedsRecovery {
-		lk.Release()
-		if err == nil && r.State == StateNeedsPerson {
-			err = fmt.Errorf("%s: %w: %s", n.Dir, ErrNeedsPerson, r.Found)
+		r := errorReport(dir, err)
+		if errors.Is(err, ErrNeedsPerson) {
+			r.State, r.Found = StateNeedsPerson, err.Error()
 		}
 		return r, err
 	}
+	if !exists(n.Path(n.Lock)) {
+		// A transaction creates the lock file first: without one, and with
+		// none of treetx's names beside the directory, there is nothing to
+		// do. Do not create the lock file then (for a mistyped name, or
+		// with another owner than the users of the directory).
+		if names, _ := readNames(n.Parent); !hasNamesOf(n, names) && !exists(n.Path(n.Lock)) {
+			if !exists(n.Dir) {
+				err := fmt.Errorf("%s: no such directory", n.Dir)
+				return errorReport(n.Dir, err), err
+			}
+			return &Report{Dir: n.Dir, State: StateIdle, Found: "no transaction"}, nil
+		}
+	}
+	if opts.DryRun {
+		return dryRun(n, gc)
+	}
+	verb := "recover"
+	if gc != nil {
+		verb = "gc"
+	}
+	lk, err := lock.Acquire(context.Background(), n.Path(n.Lock), lock.Options{Mode: lock.Exclusive, Timeout: 0, Self: lock.Holder{Command: []string{"treetx", verb, n.Dir}}})
+	if err != nil {
+		var held *lock.HeldError
+		if errors.As(err, &held) {
+			r := busyReport(n)
+			r.Action = "left alone"
+			return r, fmt.Errorf("%s: %w", n.Dir, ErrBusy)
+		}
+		return errorReport(n.Dir, err), err
+	}
+	r, err := classify(n)
+	if err != nil {
+		lk.Release()
+		return errorReport(n.Dir, err), err
+	}
+	if r.State == StateNeedsPerson {
+		lk.Release()
+		return r, fmt.Errorf("%s: %w: %s", n.Dir, ErrNeedsPerson, r.Found)
+	}
+	fs := opts.FS
+	if fs == nil {
+		fs = fsys.OS{}
+	}
+	if gc != nil {
+		if err := expireFailed(r, n, fs, gc); err != nil {
+			lk.Release()
+			r.Error = err.Error()
+			return r, err
+		}
+	}
+	if r.State != StateNeedsRecovery && len(r.garbage) == 0 {
+		lk.Release()
+		if r.State == StateIdle && !exists(n.Dir) && len(r.Removed) == 0 {
+			err := fmt.Errorf("%s: no such directory", n.Dir)
+			return errorReport(n.Dir, err), err
+		}
+		r.Done = len(r.Removed) > 0
+		return r, nil
+	}
 	if r.Journal == nil {
 		defer lk.Release()
-		var errs []error
-		for _, name := range r.garbage {
-			errs = append(errs, snapshot.Remove(n.Parent, name, opts.FS))
-		}
-		if err := errors.Join(errs...); err != nil {
-			return r, fmt.Errorf("%s: remove leftovers: %w", n.Dir, err)
+		if err := removeGarbage(r, n, fs); err != nil {
+			err = fmt.Errorf("%s: remove leftovers: %w", n.Dir, err)
+			r.Error = err.Error()
+			return r, err
 		}
 		r.Done = true
 		return r, nil
 	}
 	tx, err := txn.Resume(n, r.Journal, lk, opts.FS) // releases lk when done
 	if err != nil {
+		r.Error = err.Error()
 		return r, err
 	}
 	var res *txn.Result
@@ -155,37 +297,132 @@ func Recover(dir string, opts Options) (*Report, error) {
 	}
 	var lost *txn.LostContentError
 	if err != nil && !errors.As(err, &lost) {
-		return r, fmt.Errorf("%s: %w: %w", n.Dir, ErrNeedsPerson, err)
+		err = fmt.Errorf("%s: %w: %w", n.Dir, ErrNeedsPerson, err)
+		r.Error = err.Error()
+		return r, err
 	}
 	r.Done = true
+	if err != nil {
+		r.Error = err.Error()
+	}
 	return r, err
 }
 
-func namesOf(dir string) (txn.Names, error) {
-	abs, err := absClean(dir)
+// dryRun says what Recover (or GC, if gc is set) would do, changing
+// nothing: not even creating the lock file.
+func dryRun(n txn.Names, gc *GCOptions) (*Report, error) {
+	r, err := look(n)
 	if err != nil {
-		return txn.Names{}, err
+		return errorReport(n.Dir, err), err
 	}
-	return txn.NamesFor(abs)
+	switch r.State {
+	case StateInProgress:
+		r.Action = "left alone"
+		return r, fmt.Errorf("%s: %w", n.Dir, ErrBusy)
+	case StateNeedsPerson:
+		return r, fmt.Errorf("%s: %w: %s", n.Dir, ErrNeedsPerson, r.Found)
+	}
+	if gc != nil {
+		if err := expireFailed(r, n, nil, gc); err != nil {
+			return r, err
+		}
+	}
+	for _, name := range r.garbage {
+		r.Removed = append(r.Removed, n.Path(name))
+	}
+	if r.State == StateIdle && !exists(n.Dir) && len(r.Removed) == 0 {
+		err := fmt.Errorf("%s: no such directory", n.Dir)
+		return errorReport(n.Dir, err), err
+	}
+	return r, nil
 }
 
-// absClean resolves dir like treetx run does: symlinks once. A directory
-// that is missing is fine when its parent exists (a crash may leave the
-// name missing for an instant during a rollback without exchange).
-func absClean(dir string) (string, error) {
+// removeGarbage deletes the leftovers of a directory without a journal: a
+// tree under its removal name, after a durable rename to one if it has
+// another name; files simply.
+func removeGarbage(r *Report, n txn.Names, fs fsys.FS) error {
+	pfd, err := openDir(n.Parent)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	var errs []error
+	for _, name := range r.garbage {
+		if err := dropTree(fs, pfd, n, name, ""); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.Removed = append(r.Removed, n.Path(name))
+	}
+	return errors.Join(errs...)
+}
+
+// resolve turns dir into treetx's names for it.
+func resolve(dir string, noFollow bool) (txn.Names, error) {
 	if dir == "" {
-		return "", errors.New("no directory given")
+		return txn.Names{}, errors.New("no directory given")
 	}
-	if real, err := evalSymlinks(dir); err == nil {
-		return real, nil
+	var path string
+	if noFollow {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return txn.Names{}, err
+		}
+		if fi, err := os.Lstat(abs); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			return txn.Names{}, fmt.Errorf("%s: %w: it is a symlink, and treetx's names beside it were not made for it (treetx keeps them beside the directory a symlink points to)", abs, ErrNeedsPerson)
+		}
+		path = abs
+	} else {
+		real, err := evalSymlinks(dir)
+		if err != nil {
+			return txn.Names{}, fmt.Errorf("%s: no such directory, nor a parent holding treetx's names for it", dir)
+		}
+		path = real
 	}
-	return "", fmt.Errorf("%s: no such directory, nor a parent holding treetx's names for it", dir)
+	if path == "/" {
+		return txn.Names{}, errors.New("/: the root directory has no parent, so treetx keeps nothing for it")
+	}
+	return txn.NamesFor(path)
+}
+
+func errorReport(dir string, err error) *Report {
+	return &Report{Dir: dir, State: StateError, Found: err.Error(), Error: err.Error()}
+}
+
+// busyReport describes a directory whose lock another process holds.
+func busyReport(n txn.Names) *Report {
+	r := &Report{Dir: n.Dir, State: StateInProgress, LockHeld: true}
+	if h, err := lock.ReadHolder(n.Path(n.Lock)); err == nil && h != nil {
+		r.Holder = &Holder{PID: h.PID, Host: h.Host, User: h.User, Command: h.Command, Since: h.Since, Running: !h.Stale}
+	}
+	j, jerr := txn.ReadJournal(n.Path(n.Journal))
+	if jerr == nil {
+		r.Journal, r.Phase = j, j.Phase
+	}
+	var who string
+	switch h := r.Holder; {
+	case h == nil:
+		who = "its lock is held by another process (a reader under treetx lock --shared, or a holder that has not recorded itself)"
+	case h.Running:
+		who = fmt.Sprintf("its lock is held by pid %d (%s) on %s as %s since %s", h.PID, showCommand(h.Command), h.Host, h.User, h.Since.UTC().Format(time.RFC3339))
+	default:
+		who = fmt.Sprintf("its lock is held, not by pid %d (%s) recorded in the lock file, which has exited: by a process that inherited the lock from it, or by a reader", h.PID, showCommand(h.Command))
+	}
+	switch {
+	case jerr == nil:
+		r.Found = fmt.Sprintf("transaction %s is in phase %s; %s", j.ID, j.Phase, who)
+	case errors.Is(jerr, fs.ErrNotExist):
+		r.Found = "no transaction journal; " + who
+	default:
+		r.Found = fmt.Sprintf("%v; %s", jerr, who)
+	}
+	return r
 }
 
 // classify reads the names beside n.Dir and its journal, under a lock the
 // caller holds, and decides what recovery does.
 func classify(n txn.Names) (*Report, error) {
-	r := &Report{Dir: n.Dir, names: n}
+	r := &Report{Dir: n.Dir}
 	names, err := readNames(n.Parent)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", n.Parent, err)
@@ -196,12 +433,18 @@ func classify(n txn.Names) (*Report, error) {
 			present[k] = append(present[k], name)
 		}
 	}
+	r.failed = present[txn.KindFailed]
 	j, jerr := txn.ReadJournal(n.Path(n.Journal))
 	switch {
 	case jerr == nil:
-		r.Journal = j
+		r.Journal, r.Phase = j, j.Phase
+		who := fmt.Sprintf("transaction %s (pid %d on %s, %s, since %s)", j.ID, j.PID, j.Host, showCommand(j.Command), j.Start.Format(time.RFC3339))
+		if problem := checkShadow(n, j, present); problem != "" {
+			r.State = StateNeedsPerson
+			r.Found = fmt.Sprintf("an interrupted %s in phase %s, but %s; nothing done: inspect it, and the names %s%s.* beside it", who, j.Phase, problem, txn.Prefix, n.Base)
+			return r, nil
+		}
 		r.State = StateNeedsRecovery
-		who := fmt.Sprintf("transaction %s (pid %d on %s, %s, since %s)", j.ID, j.PID, j.Host, strings.Join(j.Command, " "), j.Start.Format("2006-01-02T15:04:05Z07:00"))
 		switch j.Phase {
 		case txn.PhaseSnapshot:
 			r.Found = "an interrupted " + who + " that was still building its shadow"
@@ -227,18 +470,100 @@ func classify(n txn.Names) (*Report, error) {
 		r.Found = fmt.Sprintf("%s exists but no journal claims it, so it was not made by treetx and is never installed; move it away", n.Path(n.Complete))
 		return r, nil
 	}
-	for _, k := range []txn.Kind{txn.KindIncomplete, txn.KindJournalTmp, txn.KindMeta, txn.KindRemoving} {
+	for _, k := range []txn.Kind{txn.KindIncomplete, txn.KindJournalTmp, txn.KindMeta} {
 		r.garbage = append(r.garbage, present[k]...)
 	}
 	if len(r.garbage) == 0 {
+		// Trees named for removal alone are no unfinished business: treetx
+		// run leaves their deletion to a detached process. Recover and gc
+		// still delete them (deleting one twice at once is safe), in case
+		// that process died.
 		r.State = StateIdle
 		r.Found = "no transaction"
+		if len(r.failed) > 0 {
+			r.Found += fmt.Sprintf("; failed tree(s) kept for inspection: %s", strings.Join(r.failed, ", "))
+		}
+		if rm := present[txn.KindRemoving]; len(rm) > 0 {
+			r.garbage = rm
+			r.Found += fmt.Sprintf("; old trees being deleted: %s", strings.Join(rm, ", "))
+			r.Action = "delete them (they belong to no transaction)"
+		}
 		return r, nil
 	}
+	r.garbage = append(r.garbage, present[txn.KindRemoving]...)
 	r.State = StateNeedsRecovery
 	r.Found = fmt.Sprintf("leftovers of finished or abandoned transactions: %s", strings.Join(r.garbage, ", "))
 	r.Action = "remove them (the directory is not involved)"
 	return r, nil
+}
+
+// checkShadow says what, if anything, keeps recovery from acting on the
+// journal j: the shadow (found by inode) must be where the phase allows, and
+// the manifest there when a rollback needs it. It returns "" if all is well.
+func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) string {
+	at := func(name string) (ok, there bool) {
+		var st unix.Stat_t
+		if err := unix.Lstat(n.Path(name), &st); err != nil {
+			return false, false
+		}
+		return txn.FileID{Dev: uint64(st.Dev), Ino: st.Ino} == j.Shadow, true
+	}
+	notShadow := func(name string) string {
+		return fmt.Sprintf("%s is not the shadow the journal records (inode %d)", n.Path(name), j.Shadow.Ino)
+	}
+	inComplete, completeThere := at(n.Complete)
+	switch j.Phase {
+	case txn.PhaseSnapshot, txn.PhaseCommit:
+		// Both names are dropped if they hold the shadow, refused if not.
+		if completeThere && !inComplete {
+			return notShadow(n.Complete)
+		}
+		if ok, there := at(n.Incomplete); there && !ok {
+			return notShadow(n.Incomplete)
+		}
+	case txn.PhaseRunning, txn.PhaseRollback:
+		inDir, _ := at(n.Base)
+		switch {
+		case inComplete:
+		case j.Phase == txn.PhaseRollback && inDir:
+		case completeThere:
+			return notShadow(n.Complete)
+		default:
+			return fmt.Sprintf("the shadow (inode %d) is neither at %s nor at %s", j.Shadow.Ino, n.Path(n.Complete), n.Dir)
+		}
+		if len(present[txn.KindMeta]) == 0 {
+			return fmt.Sprintf("its manifest %s is missing", n.Path(n.Meta))
+		}
+		if err := checkManifest(n.Path(n.Meta)); err != nil {
+			return fmt.Sprintf("its manifest is unusable: %v", err)
+		}
+	}
+	return ""
+}
+
+// checkManifest reads the manifest at path through, as a rollback will.
+func checkManifest(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return snapshot.ReadManifest(f, func(snapshot.Record) error { return nil })
+}
+
+// hasNamesOf reports whether names (of n.Parent) hold one of n's names.
+func hasNamesOf(n txn.Names, names []string) bool {
+	for _, name := range names {
+		if n.Classify(name) != txn.KindOther {
+			return true
+		}
+	}
+	return false
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 func readNames(dir string) ([]string, error) {
@@ -248,4 +573,33 @@ func readNames(dir string) ([]string, error) {
 	}
 	defer f.Close()
 	return f.Readdirnames(-1)
+}
+
+func openDir(path string) (int, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			if err != nil {
+				return -1, &fs.PathError{Op: "open", Path: path, Err: err}
+			}
+			return fd, nil
+		}
+	}
+}
+
+// showCommand writes argv on one line: arguments holding anything but
+// letters, digits and -_./=:,+@% are quoted, with newlines escaped.
+func showCommand(argv []string) string {
+	var b strings.Builder
+	for i, a := range argv {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == "" {
+			b.WriteString(a)
+		} else {
+			b.WriteString(strconv.Quote(a))
+		}
+	}
+	return b.String()
 }

@@ -5,18 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"os/exec"
 	"os/signal"
-	"runtime"
+	"sync"
 	"syscall"
+
+	"github.com/treetx/treetx/internal/command"
 )
 
 // Exit statuses Run reports for a command that did not run, as shells do.
 const (
-	StatusNotExecutable = 126
-	StatusNotFound      = 127
+	StatusNotExecutable = command.StatusNotExecutable
+	StatusNotFound      = command.StatusNotFound
 )
 
 // InterruptedError reports a signal that reached Run before the command
@@ -74,43 +74,32 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 		return nil, errors.New("no command to run")
 	}
 	rr := &RunResult{}
-	if _, err := exec.LookPath(argv[0]); err != nil {
-		rr.StartErr = err
-		rr.Status = StatusNotExecutable // a directory, no permission...
-		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
-			rr.Status = StatusNotFound
-		}
+	if status, err := command.Check(argv[0]); err != nil {
+		rr.Status, rr.StartErr = status, err
 		return rr, nil
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
-	bctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		select {
-		case s := <-sigs:
-			cancel(&InterruptedError{Signal: s.(syscall.Signal)})
-		case <-bctx.Done():
-		}
-	}()
 	if opts.Command == nil {
 		opts.Command = argv
 	}
-	tx, err := BeginContext(bctx, dir, opts.Options)
+	tx, err := begin(ctx, dir, opts.Options, sigs)
 	if err != nil {
-		var ie *InterruptedError
-		if errors.As(context.Cause(bctx), &ie) {
-			return rr, ie
-		}
 		return rr, err
 	}
-	// From here on the signals go to the command, not to the build.
-	cancel(nil)
 	if opts.Started != nil {
 		opts.Started(tx)
 	}
-	status, startErr, err := runCommand(tx, argv, opts, sigs)
+	lockFile, err := tx.LockFile()
+	if err != nil {
+		_, rbErr := tx.Rollback()
+		return rr, errors.Join(fmt.Errorf("pass the lock to the command: %w", err), rbErr)
+	}
+	status, startErr, err := command.Run(argv, command.Options{
+		Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr,
+		ExtraFiles: []*os.File{lockFile}, Signals: sigs,
+	})
 	rr.Status, rr.StartErr = status, startErr
 	if err != nil {
 		_, rbErr := tx.Rollback()
@@ -125,63 +114,35 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	return rr, err
 }
 
-// runCommand starts argv with the lock descriptor inherited, forwards
-// signals to it and waits. It returns the command's status, why it could not
-// start, and treetx's own failure.
-func runCommand(tx *Tx, argv []string, opts RunOptions, sigs <-chan os.Signal) (status int, startErr, err error) {
-	lockFile, err := tx.LockFile()
-	if err != nil {
-		return 0, nil, fmt.Errorf("pass the lock to the command: %w", err)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = orFile(opts.Stdin, os.Stdin), orWriter(opts.Stdout, os.Stdout), orWriter(opts.Stderr, os.Stderr)
-	cmd.ExtraFiles = []*os.File{lockFile}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// Pdeathsig fires when the thread that started the child exits: keep
-	// this goroutine on its thread until the child is waited for.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	err = cmd.Start()
-	lockFile.Close()
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return StatusNotFound, err, nil
-		}
-		return StatusNotExecutable, err, nil
-	}
-	done := make(chan struct{})
+// begin is BeginContext, cancelled by the first of sigs that arrives before
+// it returns. A signal that arrives as it returns still counts: the
+// transaction is then rolled back before the command starts.
+func begin(ctx context.Context, dir string, opts Options, sigs <-chan os.Signal) (*Tx, error) {
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := make(chan struct{})
+	var got *InterruptedError
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		for {
-			select {
-			case s := <-sigs:
-				cmd.Process.Signal(s)
-			case <-done:
-				return
-			}
+		defer wg.Done()
+		select {
+		case s := <-sigs:
+			got = &InterruptedError{Signal: s.(syscall.Signal)}
+			cancel(got)
+		case <-stop:
 		}
 	}()
-	werr := cmd.Wait()
-	close(done)
-	ps := cmd.ProcessState
-	if ps == nil {
-		return 0, nil, fmt.Errorf("wait for %s: %w", argv[0], werr)
+	tx, err := BeginContext(bctx, dir, opts)
+	close(stop)
+	wg.Wait()
+	if got == nil {
+		return tx, err
 	}
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal()), nil, nil
+	if tx != nil {
+		if _, rbErr := tx.Rollback(); rbErr != nil {
+			return nil, errors.Join(got, rbErr)
+		}
 	}
-	return ps.ExitCode(), nil, nil
-}
-
-func orFile(r io.Reader, f *os.File) io.Reader {
-	if r == nil {
-		return f
-	}
-	return r
-}
-
-func orWriter(w io.Writer, f *os.File) io.Writer {
-	if w == nil {
-		return f
-	}
-	return w
+	return nil, got
 }

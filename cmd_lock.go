@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/command"
+	"github.com/treetx/treetx/lock"
+	"github.com/treetx/treetx/txn"
+)
+
+type lockOptions struct {
+	shared      bool
+	lockTimeout durationFlag
+}
+
+func newLockCommand(g *globals) *cobra.Command {
+	o := &lockOptions{lockTimeout: -1}
+	c := &cobra.Command{
+		Use:   "lock [--shared] [--lock-timeout D] DIR -- COMMAND [ARG...]",
+		Short: "Run COMMAND under DIR's lock, without a transaction",
+		Long: `Run COMMAND under DIR's lock, without a transaction.
+
+The lock is the one treetx run holds from the start of a transaction to the
+end of its commit or rollback: exclusive by default, shared with --shared.
+Readers (cvs checkout, rsync of a site) run under --shared: they run together,
+wait while a transaction runs, and so never see a half-applied change or the
+instant of a rollback's swap; a transaction waits for them. DIR must not need
+recovery (a journal beside it): then COMMAND is not run and the exit status is
+125. COMMAND inherits the lock as descriptor 3; SIGINT, SIGTERM, SIGHUP and
+SIGQUIT sent to treetx are forwarded to it.
+
+Exit status: COMMAND's own; 128+N if it died of signal N; 126 if it could not
+be executed, 127 if it was not found; 75 if the lock was not had within
+--lock-timeout; 125 if treetx failed or DIR needs recovery; 64 for a bad
+command line.`,
+		Example: `  treetx lock --shared /srv/cvsroot -- cvs -d /srv/cvsroot checkout mod
+  treetx lock --lock-timeout 10s /srv/site -- rsync -a /srv/site/ mirror:/srv/site/`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			switch {
+			case dash < 0:
+				return usageErrorf("lock: missing -- before the command (usage: treetx lock [--shared] DIR -- COMMAND [ARG...])")
+			case dash != 1:
+				return usageErrorf("lock: want exactly one DIR before --, got %d (usage: treetx lock [--shared] DIR -- COMMAND [ARG...])", dash)
+			case len(args) == 1:
+				return usageErrorf("lock: no command after -- (usage: treetx lock [--shared] DIR -- COMMAND [ARG...])")
+			}
+			return runLock(cmd.Context(), args[0], args[1:], o, cmd.ErrOrStderr())
+		},
+	}
+	f := c.Flags()
+	f.BoolVar(&o.shared, "shared", false, "take the lock shared (readers), not exclusive")
+	f.Var(&o.lockTimeout, "lock-timeout", "give up waiting for DIR's lock after this long, exit 75 (0: try once; default: wait indefinitely)")
+	return c
+}
+
+func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, stderr io.Writer) error {
+	if status, err := command.Check(argv[0]); err != nil {
+		fmt.Fprintf(stderr, "treetx: %v\n", err)
+		return exitStatus(status)
+	}
+	n, err := lockNames(dir)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// A signal while waiting for the lock cancels the wait; got says whether
+	// one came before the command could take over the signals.
+	got := make(chan os.Signal, 1)
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel()
+			got <- s
+		case <-wctx.Done():
+			got <- nil
+		}
+	}()
+	mode := lock.Exclusive
+	if o.shared {
+		mode = lock.Shared
+	}
+	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: time.Duration(o.lockTimeout)})
+	cancel()
+	if s := <-got; s != nil {
+		if lk != nil {
+			lk.Release()
+		}
+		fmt.Fprintf(stderr, "treetx: lock: interrupted by %v while waiting for the lock; the command was not run\n", s)
+		return exitStatus(128 + int(s.(syscall.Signal)))
+	}
+	if err != nil {
+		return err
+	}
+	defer lk.Release()
+	// Under the lock, the directory is what the last transaction left: it
+	// must have finished, or been recovered.
+	if _, err := os.Lstat(n.Path(n.Journal)); err == nil {
+		return fmt.Errorf("%s: %w: %s records an unfinished transaction, so the directory may be half changed; the command was not run; run: treetx recover %s", n.Dir, txn.ErrNeedsRecovery, n.Path(n.Journal), n.Dir)
+	}
+	if fi, err := os.Stat(n.Dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%s: no such directory", n.Dir)
+	}
+	lockFile, err := lk.Inheritable()
+	if err != nil {
+		return fmt.Errorf("pass the lock to the command: %w", err)
+	}
+	status, startErr, err := command.Run(argv, command.Options{ExtraFiles: []*os.File{lockFile}, Signals: sigs})
+	if err != nil {
+		return err
+	}
+	if startErr != nil {
+		fmt.Fprintf(stderr, "treetx: %v\n", startErr)
+	}
+	if err := lk.Release(); err != nil {
+		fmt.Fprintf(stderr, "treetx: warning: %v\n", err)
+	}
+	return exitStatus(status)
+}
+
+// lockNames resolves DIR as treetx run does (symlinks once; a missing DIR is
+// fine when its parent holds a journal for it, which is then reported) and
+// returns treetx's names for it.
+func lockNames(dir string) (txn.Names, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return txn.Names{}, err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		parent, perr := filepath.EvalSymlinks(filepath.Dir(abs))
+		if perr != nil {
+			return txn.Names{}, fmt.Errorf("%s: no such directory", dir)
+		}
+		real = filepath.Join(parent, filepath.Base(abs))
+		if _, err := os.Lstat(filepath.Join(parent, txn.Prefix+filepath.Base(abs)+".journal")); err != nil {
+			return txn.Names{}, fmt.Errorf("%s: no such directory", dir)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(real, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return txn.Names{}, fmt.Errorf("%s: not a directory", dir)
+	}
+	if real == "/" {
+		return txn.Names{}, errors.New("/: the root directory has no parent to keep a lock in")
+	}
+	return txn.NamesFor(real)
+}

@@ -1,0 +1,172 @@
+package recover
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/txn"
+)
+
+// Scan returns the directories under root, root included, that have
+// something of treetx's beside them other than the lock file: a journal, a
+// shadow, a tree being removed, a failed tree kept for inspection, a stale
+// temporary file. They are absolute paths in a parent whose path holds no
+// symlink, sorted; pass them to Recover or GC with Options.NoFollow.
+//
+// The walk does not follow symlinks (root itself is resolved), does not
+// cross into other mounts (another file system, or a bind mount), and does
+// not descend into names starting with ".#treetx." (shadows, trees being
+// removed, failed trees: copies of a directory, whose own leftovers are not
+// anyone's). Directories that vanish during the walk are skipped; any other
+// error reading a directory is returned, joined with the others, along with
+// the directories found elsewhere. Scan changes nothing.
+func Scan(root string) ([]string, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", root, err)
+	}
+	fd, err := openDir(real)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", root, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("scan %s: %w", root, err)
+	}
+	s := &scanner{dev: uint64(st.Dev), found: map[string]bool{}}
+	if real != "/" {
+		// root's own names live in its parent.
+		if names, err := readNames(filepath.Dir(real)); err == nil {
+			n, err := txn.NamesFor(real)
+			for _, name := range names {
+				if err == nil && leftover(n, name) {
+					s.found[real] = true
+				}
+			}
+		}
+	}
+	s.walk(fd, real)
+	dirs := make([]string, 0, len(s.found))
+	for d := range s.found {
+		dirs = append(dirs, d)
+	}
+	slices.Sort(dirs)
+	return dirs, errors.Join(s.errs...)
+}
+
+type scanner struct {
+	dev   uint64
+	found map[string]bool
+	errs  []error
+}
+
+// walk lists the directory fd (at path), notes the directories whose names
+// it holds, and descends into its subdirectories. It closes fd.
+func (s *scanner) walk(fd int, path string) {
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		if !vanished(err) {
+			s.errs = append(s.errs, fmt.Errorf("scan: read %s: %w", path, err))
+		}
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasPrefix(name, txn.Prefix) {
+			if base, ok := leftoverBase(name); ok {
+				s.found[filepath.Join(path, base)] = true
+			}
+			continue
+		}
+		if !e.IsDir() {
+			continue // a symlink, even to a directory, is not followed
+		}
+		cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if !vanished(err) {
+				s.errs = append(s.errs, fmt.Errorf("scan: open %s: %w", filepath.Join(path, name), err))
+			}
+			continue
+		}
+		if !s.sameMount(cfd) {
+			unix.Close(cfd)
+			continue
+		}
+		s.walk(cfd, filepath.Join(path, name))
+	}
+}
+
+// sameMount reports whether the directory fd is on the root's file system
+// and is not the root of a mount (a bind mount has the same device).
+func (s *scanner) sameMount(fd int) bool {
+	var stx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_INO, &stx); err != nil {
+		return false
+	}
+	if unix.Mkdev(stx.Dev_major, stx.Dev_minor) != s.dev {
+		return false
+	}
+	return stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0
+}
+
+// vanished reports whether err says that what was listed is gone (a live
+// transaction renames and deletes trees while the walk goes on).
+func vanished(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP)
+}
+
+// suffixes are the kinds of names leftoverBase recognizes by their ends.
+var suffixes = []string{".journal.tmp", ".journal", ".meta", ".incomplete", ".complete"}
+
+// leftoverBase returns the base name of the directory that the name
+// .#treetx.NAME.KIND belongs to, if it is one of treetx's names other than
+// the lock file.
+func leftoverBase(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, txn.Prefix)
+	if !ok {
+		return "", false
+	}
+	base := ""
+	for _, suf := range suffixes {
+		if b, ok := strings.CutSuffix(rest, suf); ok {
+			base = b
+			break
+		}
+	}
+	if base == "" {
+		for _, kind := range []string{".removing.", ".failed."} {
+			if i := strings.LastIndex(rest, kind); i > 0 {
+				base = rest[:i]
+				break
+			}
+		}
+	}
+	if base == "" {
+		return "", false
+	}
+	n, err := txn.NamesFor("/" + base)
+	if err != nil || !leftover(n, name) {
+		return "", false
+	}
+	return base, true
+}
+
+// leftover reports whether name is one of n's names other than the lock.
+func leftover(n txn.Names, name string) bool {
+	k := n.Classify(name)
+	return k != txn.KindOther && k != txn.KindLock
+}

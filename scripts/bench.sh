@@ -1,0 +1,123 @@
+#!/bin/sh
+# Benchmarks treetx against cp -al on deterministic CVS-like trees.
+#
+#   scripts/bench.sh [-r RUNS] [-s "1000 100000 1000000"] [-x] [WORKDIR]
+#
+# -r: runs per measurement (median is reported; default 5)
+# -s: tree sizes in files (default "1000 100000")
+# -x: also run every measurement on a loop-mounted XFS image (needs root)
+# WORKDIR (default /var/tmp/treetx-bench) keeps the corpora between runs; it
+# must be on the file system to measure. Commands are alternated within each
+# run so that a noisy machine affects them alike. Prints a Markdown table.
+set -eu
+runs=5
+sizes="1000 100000"
+xfs=
+while getopts r:s:x opt; do
+  case $opt in
+    r) runs=$OPTARG ;;
+    s) sizes=$OPTARG ;;
+    x) xfs=1 ;;
+    *) echo "usage: $0 [-r RUNS] [-s SIZES] [-x] [WORKDIR]" >&2; exit 64 ;;
+  esac
+done
+shift $((OPTIND - 1))
+work=${1:-/var/tmp/treetx-bench}
+top=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+tx=$work/treetx
+(cd "$top" && go build -o "$tx" .)
+
+now() { date +%s%N; }
+ms() { awk -v ns="$1" 'BEGIN { printf "%.1f", ns / 1e6 }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+# measure DIR LABEL: appends "label ns" lines to $results for one run.
+measure() {
+  d=$1 label=$2 x=$work/x.$$
+  rm -rf "$x"
+  t0=$(now); cp -al "$d" "$x"; t1=$(now)
+  echo "$label cpal $((t1 - t0))" >>"$results"
+  t0=$(now); rm -rf "$x"; t1=$(now)
+  echo "$label rmrf $((t1 - t0))" >>"$results"
+  t0=$(now); cp -al "$d" "$x"; sync -f "$x"; t1=$(now)
+  echo "$label cpalsync $((t1 - t0))" >>"$results"
+  rm -rf "$x"
+  t0=$(now); cp -al "$d" "$x"; rm -rf "$x"; t1=$(now)
+  echo "$label cpalrm $((t1 - t0))" >>"$results"
+  sync
+  # A whole transaction; the command notes when it starts and ends.
+  t0=$(now)
+  "$tx" -v run "$d" -- sh -c 'date +%s%N >"$0"; date +%s%N >"$1"' "$work/start" "$work/end" 2>"$work/log"
+  t1=$(now)
+  echo "$label run $((t1 - t0))" >>"$results"
+  echo "$label shadow $(($(cat "$work/start") - t0))" >>"$results"
+  echo "$label commit $((t1 - $(cat "$work/end")))" >>"$results"
+  awk -v label="$label" '
+    function sec(s) { sub(/.*T/, "", s); sub(/Z$/, "", s); split(s, a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
+    /do="build shadow"/ { b = sec($1) }
+    /do=syncfs/ && !s { s = sec($1) }
+    /do=rename/ && s && !r { r = sec($1) }
+    END { printf "%s build %d\n%s syncfs %d\n", label, (s - b) * 1e9, label, (r - s) * 1e9 }' "$work/log" >>"$results"
+  wait_cleanup "$d"
+  t0=$(now)
+  "$tx" run --wait-cleanup "$d" -- true
+  t1=$(now)
+  echo "$label runwait $((t1 - t0))" >>"$results"
+  t0=$(now)
+  "$tx" run "$d" -- sh -c 'date +%s%N >"$0"; exit 1' "$work/end" 2>/dev/null || true
+  t1=$(now)
+  echo "$label rollback $((t1 - $(cat "$work/end")))" >>"$results"
+  wait_cleanup "$d"
+  /usr/bin/time -f "%M" -o "$work/rss" "$tx" run "$d" -- true
+  echo "$label rsskb $(cat "$work/rss")" >>"$results"
+  wait_cleanup "$d"
+}
+
+# wait_cleanup DIR: waits for the detached deletion of old trees.
+wait_cleanup() {
+  while ls -a "$(dirname "$1")" | grep -q "^\.#treetx\.$(basename "$1")\.removing\."; do sleep 0.05; done
+}
+
+corpus() {
+  c=$1/c$2
+  [ -d "$c" ] || (cd "$top" && go run ./scripts/mkcorpus "$c" "$2")
+  echo "$c"
+}
+
+report() {
+  echo "| files | fs | cp -al | cp -al + sync -f | shadow (durable) | shadow/cp -al | build | syncfs | durable/build | run -- true | cp -al + rm -rf | run/(cp+rm) | run --wait-cleanup | rm -rf | commit latency | rollback latency | peak RSS |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for label in $(awk '{ print $1 }' "$results" | sort -u -t/ -k2n); do
+    get() { awk -v l="$label" -v k="$1" '$1 == l && $2 == k { print $3 }' "$results" | median; }
+    cpal=$(get cpal) cpals=$(get cpalsync) sh=$(get shadow) b=$(get build) sf=$(get syncfs)
+    run=$(get run) cprm=$(get cpalrm) rw=$(get runwait) rm=$(get rmrf) c=$(get commit) rb=$(get rollback) rss=$(get rsskb)
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+    echo "| ${label#*/} | ${label%%/*} | $(ms "$cpal") ms | $(ms "$cpals") ms | $(ms "$sh") ms | $(ratio "$sh" "$cpal") | $(ms "$b") ms | $(ms "$sf") ms | $(ratio "$((b + sf))" "$b") | $(ms "$run") ms | $(ms "$cprm") ms | $(ratio "$run" "$cprm") | $(ms "$rw") ms | $(ms "$rm") ms | $(ms "$c") ms | $(ms "$rb") ms | $((rss / 1024)) MiB |"
+  done
+}
+
+results=$work/results.$$
+: >"$results"
+dirs=
+for n in $sizes; do dirs="$dirs ext:$n:$(corpus "$work" "$n")"; done
+if [ -n "$xfs" ]; then
+  mkdir -p "$work/xfs"
+  if ! mountpoint -q "$work/xfs"; then
+    truncate -s 20G "$work/xfs.img"
+    mkfs.xfs -q -f "$work/xfs.img"
+    mount -o loop "$work/xfs.img" "$work/xfs"
+  fi
+  for n in $sizes; do dirs="$dirs xfs:$n:$(corpus "$work/xfs" "$n")"; done
+fi
+for r in $(seq "$runs"); do
+  for spec in $dirs; do
+    fs=${spec%%:*} rest=${spec#*:} n=${rest%%:*} d=${rest#*:}
+    measure "$d" "$(stat -f -c %T "$d" | sed 's#ext2/ext3#ext4#')/$n"
+  done
+  echo "run $r of $runs done" >&2
+done
+echo "$(nproc) cores, $(free -g | awk '/Mem:/ { print $2 }') GiB, $(uname -r), median of $runs runs"
+report
+rm -f "$results"
