@@ -43,12 +43,18 @@ func Changed(root string, manifest io.Reader) ([]string, error) {
 }
 
 // Restore gives every hard-linked file of the tree at root the mode, owner,
-// extended attributes and times the manifest recorded, where they differ; a file written in place
-// (size or mtime changed) keeps its times. It is idempotent. A record
-// whose path is missing or is another inode is skipped and counted in
-// skipped: that happens only when root is not the shadow the manifest was
-// taken for.
-func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int64, err error) {
+// extended attributes and times the manifest recorded, where they differ; a
+// file written in place (size or mtime changed) keeps its times. It is
+// idempotent. A record whose path is missing or is another inode is skipped
+// and counted in skipped: that happens only when root is not the shadow the
+// manifest was taken for.
+//
+// Extended attributes are read back only from files whose ctime is not
+// before taken, the time the manifest was complete (its mtime): any change
+// to an inode sets its ctime, so an older ctime means the attributes are as
+// recorded. This saves a listxattr per file; it relies on the clock not
+// being set back during the transaction.
+func Restore(root string, manifest io.Reader, taken unix.Timespec, fs fsys.FS) (restored, skipped int64, err error) {
 	if fs == nil {
 		fs = fsys.OS{}
 	}
@@ -81,9 +87,11 @@ func Restore(root string, manifest io.Reader, fs fsys.FS) (restored, skipped int
 			did = true
 			st.Mode &^= unix.S_ISUID | unix.S_ISGID // chown may have cleared them
 		}
-		have, err := xb.ofPath(p)
-		if err != nil {
-			return fmt.Errorf("restore extended attributes of %s: %w", p, err)
+		have := r.Xattrs
+		if !before(st.Ctim, taken) {
+			if have, err = xb.ofPath(p); err != nil {
+				return fmt.Errorf("restore extended attributes of %s: %w", p, err)
+			}
 		}
 		if !equalXattrs(have, r.Xattrs) {
 			if err := syncXattrs(fs, dirfd, base, have, r.Xattrs); err != nil {
@@ -146,4 +154,9 @@ func (c *dirCursor) close() {
 		unix.Close(c.fd)
 		c.fd = -1
 	}
+}
+
+// before reports whether a is strictly earlier than b.
+func before(a, b unix.Timespec) bool {
+	return a.Sec < b.Sec || a.Sec == b.Sec && a.Nsec < b.Nsec
 }

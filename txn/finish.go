@@ -232,8 +232,12 @@ func (tx *Tx) restore(root string) error {
 		return fmt.Errorf("open manifest: %w", err)
 	}
 	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("stat manifest: %w", err)
+	}
 	tx.step("restore metadata", root)
-	restored, skipped, err := snapshot.Restore(root, f, tx.fs)
+	restored, skipped, err := snapshot.Restore(root, f, st.Mtim, tx.fs)
 	if err != nil {
 		return err
 	}
