@@ -77,7 +77,11 @@ measure() {
 
 # wait_cleanup DIR: waits for the detached deletion of old trees.
 wait_cleanup() {
-  while ls -a "$(dirname "$1")" | grep -q "^\.#treetx\.$(basename "$1")\.removing\."; do sleep 0.05; done
+  while :; do
+    set -- "$1" "$(dirname "$1")/.#treetx.$(basename "$1").removing."*
+    [ -e "$2" ] || return 0
+    sleep 0.05
+  done
 }
 
 corpus() {
@@ -113,7 +117,7 @@ if [ -n "$xfs" ]; then
 fi
 for r in $(seq "$runs"); do
   for spec in $dirs; do
-    fs=${spec%%:*} rest=${spec#*:} n=${rest%%:*} d=${rest#*:}
+    rest=${spec#*:} n=${rest%%:*} d=${rest#*:}
     measure "$d" "$(stat -f -c %T "$d" | sed 's#ext2/ext3#ext4#')/$n"
   done
   echo "run $r of $runs done" >&2

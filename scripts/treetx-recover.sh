@@ -1,0 +1,1395 @@
+#!/bin/sh
+# treetx-recover.sh: `treetx recover DIR...` without the treetx binary.
+#
+# Usage: treetx-recover.sh [-n] DIR...
+#
+# For each DIR, finishes or undoes what a crash of treetx left beside it,
+# exactly as `treetx recover` does: the crash-state table of
+# docs/protocol.md, the same steps in the same order, the same fsyncs. It is
+# for machines without the binary and for early boot, and needs only a POSIX
+# sh, GNU coreutils (mv, rm, stat, sync, touch, chmod, chown, realpath, od),
+# sed, awk and util-linux flock(1). Extended attributes (POSIX ACLs among
+# them) are restored only when getfattr and setfattr (the attr package) are
+# present; without them they are not, and the output says so when the
+# manifest records any.
+#
+#   -n   dry run: say what would be done, change nothing (shared lock)
+#
+# It takes DIR's lock (flock on PARENT/.#treetx.NAME.lock) without waiting:
+# a live transaction is left alone. It never installs a tree whose root is
+# not the inode the journal records, and does nothing destructive when the
+# journal is unreadable, truncated, newer than version 1, or not laid out
+# as treetx writes it (one field a line: a hand-edited journal is refused).
+# It deletes a tree only under a removal name (.#treetx.NAME.removing.ID)
+# after a durable rename, or, as treetx does when a full file system refuses
+# that rename, a shadow the journal already says is garbage. The script and
+# the binary can each finish what the other left when killed at any point
+# (recover/script_test.go checks that they agree at every crash point).
+#
+# One line per DIR on standard output: "DIR: STATE: FOUND; did: ACTION".
+# Exit status: 0 every DIR is consistent now; 75 some DIR is busy; 125 some
+# DIR needs a person (or recovery failed); 64 bad command line.
+
+set -u
+LC_ALL=C
+export LC_ALL
+umask 022
+PATH=${PATH:+$PATH:}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+prog=treetx-recover.sh
+
+# ---------------------------------------------------------------------------
+# awk programs. lib_awk is prepended to the others: JSON strings (checked and
+# decoded as Go's encoding/json does) and commands shown as Go's
+# recover.showCommand shows them.
+# shellcheck disable=SC2016 # awk programs, not shell expansions
+lib_awk='
+function init(   k) { for (k = 1; k < 256; k++) { CHR[k] = sprintf("%c", k); ORD[CHR[k]] = k } }
+BEGIN { init() }
+function isstr(s,   t) {
+	if (length(s) < 2 || substr(s, 1, 1) != "\"" || substr(s, length(s)) != "\"") return 0
+	t = substr(s, 2, length(s) - 2)
+	if (t ~ /[\001-\037]/) return 0
+	gsub(/\\["\\\/bfnrt]/, "", t)
+	gsub(/\\u[0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F]/, "", t)
+	return t !~ /["\\]/
+}
+function hexval(h,   k, v) {
+	v = 0
+	for (k = 1; k <= length(h); k++) v = v * 16 + index("0123456789abcdef", tolower(substr(h, k, 1))) - 1
+	return v
+}
+function utf8(v) {
+	if (v == 0) return ""
+	if (v < 128) return CHR[v]
+	if (v < 2048) return CHR[192 + int(v / 64)] CHR[128 + v % 64]
+	if (v >= 55296 && v < 57344) v = 65533
+	return CHR[224 + int(v / 4096)] CHR[128 + int(v / 64) % 64] CHR[128 + v % 64]
+}
+# jdec decodes a checked JSON string.
+function jdec(s,   out, k, c) {
+	s = substr(s, 2, length(s) - 2)
+	out = ""
+	for (k = 1; k <= length(s); k++) {
+		c = substr(s, k, 1)
+		if (c != "\\") { out = out c; continue }
+		c = substr(s, ++k, 1)
+		if (c == "u") { c = utf8(hexval(substr(s, k + 1, 4))); k += 4 }
+		else if (c == "b") c = "\b"
+		else if (c == "f") c = "\f"
+		else if (c == "n") c = "\n"
+		else if (c == "r") c = "\r"
+		else if (c == "t") c = "\t"
+		out = out c
+	}
+	return out
+}
+# showarg shows one argument as showCommand does: as it is when it holds
+# only letters, digits and -_./=:,+@%, else quoted as strconv.Quote does.
+function showarg(a,   out, k, c, v) {
+	if (a ~ /^[-A-Za-z0-9_.\/=:,+@%][-A-Za-z0-9_.\/=:,+@%]*$/) return a
+	out = "\""
+	for (k = 1; k <= length(a); k++) {
+		c = substr(a, k, 1); v = ORD[c]
+		if (c == "\"" || c == "\\") out = out "\\" c
+		else if (v == 7) out = out "\\a"
+		else if (v == 8) out = out "\\b"
+		else if (v == 12) out = out "\\f"
+		else if (v == 10) out = out "\\n"
+		else if (v == 13) out = out "\\r"
+		else if (v == 9) out = out "\\t"
+		else if (v == 11) out = out "\\v"
+		else if (v < 32 || v == 127) out = out sprintf("\\x%02x", v)
+		else out = out c
+	}
+	return out "\""
+}
+# rfc3339 shows a checked JSON time as time.RFC3339 does (no fraction; Z
+# for UTC).
+function rfc3339(s,   t, z) {
+	t = substr(s, 2, length(s) - 2)
+	z = (t ~ /Z$/) ? "Z" : substr(t, length(t) - 5)
+	if (z ~ /^[+-]00:00$/) z = "Z"
+	return substr(t, 1, 19) z
+}
+function oneline(s) { gsub(/[\001-\037]/, "?", s); return s }
+'
+
+# The journal, as Go's json.MarshalIndent(j, "", "  ") writes it: one field a
+# line, in the order of txn.Journal. The layout is checked line by line, and
+# every value as the Go reader checks it; anything else is refused. mode=parse
+# prints "ok", the id, the phase, the shadow's device and inode, the number
+# of lost files and a description, one a line; or "corrupt REASON" or
+# "future VERSION". mode=rewrite prints the journal with phase rollback and
+# the lost list read after it (manifest-escaped paths, one a line, from the
+# second operand), as Go would write it.
+# shellcheck disable=SC2016
+journal_awk=$lib_awk'
+function fail(m) { print "corrupt " m; exit 1 }
+function isuint(s) { return s ~ /^(0|[1-9][0-9]*)$/ }
+function isint(s) { return s ~ /^-?(0|[1-9][0-9]*)$/ }
+# istime checks an RFC 3339 time as Go reads it.
+function istime(s,   t, y, mo, d, dim) {
+	if (!isstr(s)) return 0
+	t = substr(s, 2, length(s) - 2)
+	if (t !~ /^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9](\.[0-9][0-9]*)?(Z|[+-][0-9][0-9]:[0-9][0-9])$/) return 0
+	y = substr(t, 1, 4) + 0; mo = substr(t, 6, 2) + 0; d = substr(t, 9, 2) + 0
+	if (mo < 1 || mo > 12 || d < 1) return 0
+	dim = substr("312831303130313130313031", 2 * mo - 1, 2) + 0
+	if (mo == 2 && (y % 4 == 0 && y % 100 != 0 || y % 400 == 0)) dim = 29
+	if (d > dim || substr(t, 12, 2) + 0 > 23 || substr(t, 15, 2) + 0 > 59 || substr(t, 18, 2) + 0 > 59) return 0
+	if (t !~ /Z$/ && (substr(t, length(t) - 4, 2) + 0 > 23 || substr(t, length(t) - 1, 2) + 0 > 59)) return 0
+	return 1
+}
+# field reads line i as IND"KEY": VALUE and a comma unless last.
+function field(ind, key, last,   p, v) {
+	if (i > n) fail("truncated before \"" key "\"")
+	p = ind "\"" key "\": "
+	v = L[i]
+	if (substr(v, 1, length(p)) != p) fail("line " i ": want \"" key "\"")
+	v = substr(v, length(p) + 1)
+	if (!last) {
+		if (substr(v, length(v)) != ",") fail("line " i ": no comma after \"" key "\"")
+		v = substr(v, 1, length(v) - 1)
+	}
+	i++
+	return v
+}
+function line(want) {
+	if (i > n) fail("truncated: want " want)
+	if (L[i] != want) fail("line " i ": want " want)
+	i++
+}
+# strlist reads the items of a string array opened on the line before, up
+# to its closing line cl; it returns their count and keeps them in S.
+function strlist(cl,   k, v) {
+	k = 0
+	for (;;) {
+		if (i > n) fail("truncated in a list")
+		v = L[i]
+		if (v == cl) { i++; return k }
+		if (substr(v, 1, 4) != "    ") fail("line " i ": bad list item")
+		v = substr(v, 5)
+		if (substr(v, length(v)) == ",") {
+			v = substr(v, 1, length(v) - 1)
+			if (i + 1 <= n && L[i + 1] == cl) fail("line " i ": comma before the end of a list")
+		} else if (i + 1 > n || L[i + 1] != cl) fail("line " i ": no comma in a list")
+		if (!isstr(v)) fail("line " i ": bad string")
+		S[++k] = v
+		i++
+	}
+}
+# jsonstr writes a manifest-escaped path as Go writes a JSON string.
+function jsonstr(e,   out, k, c, v) {
+	out = "\""
+	for (k = 1; k <= length(e); k++) {
+		c = substr(e, k, 1)
+		if (c == "\\") { v = (substr(e, k + 2, 1) * 64) + (substr(e, k + 3, 1) * 8) + substr(e, k + 4, 1); k += 4 }
+		else v = ORD[c]
+		if (v == 34) out = out "\\\""
+		else if (v == 92) out = out "\\\\"
+		else if (v == 10) out = out "\\n"
+		else if (v == 13) out = out "\\r"
+		else if (v == 9) out = out "\\t"
+		else if (v < 32 || v == 60 || v == 62 || v == 38) out = out sprintf("\\u%04x", v)
+		else out = out CHR[v]
+	}
+	return out "\""
+}
+NR == FNR { L[++n] = $0; next }
+$0 != "" { Q[++nq] = $0 }
+END {
+	if (n >= 2 && L[2] ~ /^  "version": [0-9][0-9]*,$/) {
+		v = substr(L[2], 14); v = substr(v, 1, length(v) - 1)
+		if (v + 0 > 1) { print "future " v; exit 1 }
+	}
+	while (n > 0 && L[n] == "") n--
+	i = 1
+	line("{")
+	v = field("  ", "version"); if (v != "1") fail("version " v)
+	id = field("  ", "id"); if (id !~ /^"[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]"$/) fail("bad id " id)
+	pid = field("  ", "pid"); if (!isint(pid)) fail("bad pid")
+	host = field("  ", "host"); if (!isstr(host)) fail("bad host")
+	user = field("  ", "user"); if (!isstr(user)) fail("bad user")
+	if (i <= n && L[i] == "  \"command\": [") { i++; nc = strlist("  ],") }
+	else { v = field("  ", "command"); if (v != "null" && v != "[]") fail("bad command"); nc = 0 }
+	cmd = ""
+	for (k = 1; k <= nc; k++) cmd = cmd (k > 1 ? " " : "") showarg(jdec(S[k]))
+	start = field("  ", "start"); if (!istime(start)) fail("bad start time " start)
+	iphase = i
+	phase = field("  ", "phase")
+	if (phase !~ /^"(snapshot|running|commit|rollback)"$/) fail("unknown phase " phase)
+	line("  \"dir\": {")
+	v = field("    ", "dev"); if (!isuint(v)) fail("bad dir dev")
+	v = field("    ", "ino", 1); if (!isuint(v)) fail("bad dir ino")
+	line("  },")
+	line("  \"shadow\": {")
+	sdev = field("    ", "dev"); if (!isuint(sdev)) fail("bad shadow dev")
+	isino = i
+	sino = field("    ", "ino", 1); if (!isuint(sino)) fail("bad shadow ino")
+	if (sino == "0") fail("no shadow inode")
+	nl = 0
+	if (i <= n && L[i] == "  },") {
+		i++
+		if (i <= n && L[i] == "  \"lost\": [") { i++; nl = strlist("  ]") }
+		else { v = field("  ", "lost", 1); if (v != "null" && v != "[]") fail("bad lost") }
+	} else line("  }")
+	line("}")
+	if (i <= n) fail("line " i ": after the end")
+	if (mode == "rewrite") {
+		for (k = 1; k <= isino; k++) print (k == iphase ? "  \"phase\": \"rollback\"," : L[k])
+		nl = nq
+		if (nl == 0) print "  }"
+		else {
+			print "  },"
+			print "  \"lost\": ["
+			for (k = 1; k <= nl; k++) print "    " jsonstr(Q[k]) (k < nl ? "," : "")
+			print "  ]"
+		}
+		print "}"
+		exit 0
+	}
+	print "ok"
+	print substr(id, 2, 16)
+	print substr(phase, 2, length(phase) - 2)
+	print sdev
+	print sino
+	print nl
+	print oneline("transaction " substr(id, 2, 16) " (pid " pid " on " jdec(host) ", " cmd ", since " rfc3339(start) ")")
+}'
+
+# The holder record in a lock file, as lock.Acquire writes it (compact JSON
+# of lock.Holder). Prints "none" for an empty file; else "ok", the pid, the
+# host, the user, the command shown and the time, one a line; or "bad".
+# shellcheck disable=SC2016
+holder_awk=$lib_awk'
+function bad() { print "bad"; exit 1 }
+function lit(t) { if (substr(s, pos, length(t)) != t) bad(); pos += length(t) }
+function str(   r) {
+	r = substr(s, pos)
+	if (!match(r, /^"([^"\\]|\\.)*"/)) bad()
+	r = substr(r, 1, RLENGTH); pos += RLENGTH
+	if (!isstr(r)) bad()
+	return r
+}
+{ s = s $0 }
+END {
+	gsub(/^[ \t\r\n]+|[ \t\r\n]+$/, "", s)
+	if (s == "") { print "none"; exit 0 }
+	pos = 1
+	lit("{\"pid\":")
+	if (!match(substr(s, pos), /^-?[0-9][0-9]*/)) bad()
+	pid = substr(s, pos, RLENGTH); pos += RLENGTH
+	lit(",\"host\":"); host = jdec(str())
+	lit(",\"user\":"); user = jdec(str())
+	lit(",\"command\":")
+	cmd = ""
+	if (substr(s, pos, 4) == "null") pos += 4
+	else {
+		lit("[")
+		for (k = 0; substr(s, pos, 1) != "]"; k++) {
+			if (k > 0) lit(",")
+			cmd = cmd (k > 0 ? " " : "") showarg(jdec(str()))
+		}
+		lit("]")
+	}
+	lit(",\"since\":"); since = str()
+	lit("}")
+	if (pos != length(s) + 1) bad()
+	print "ok"; print pid; print oneline(host); print oneline(user); print oneline(cmd); print rfc3339(since)
+}'
+
+# The manifest: checked whole before any record is acted on (a manifest
+# without its end line is incomplete). Prints "ok COUNT XATTRS" (XATTRS 1 if
+# a record has extended attributes) or "bad REASON".
+# shellcheck disable=SC2016
+manifest_awk='
+function bad(m) { print "bad " m; failed = 1; exit 1 }
+function escaped(s, extra,   t) {
+	t = s
+	gsub(/\\0[0-3][0-7][0-7]/, "", t)
+	if (t !~ /^[!-~]*$/ || index(t, "\\")) return 0
+	if (extra && (index(t, ",") || index(t, "="))) return 0
+	return 1
+}
+NR == 1 { if ($0 != "# treetx manifest 1") bad("line 1 is not \"# treetx manifest 1\""); next }
+ended { bad("line " NR " after the end line") }
+substr($0, 1, 6) == "# end " {
+	v = substr($0, 7)
+	if (v !~ /^[0-9][0-9]*$/ || v + 0 != count) bad("the end line says " v " records, read " count)
+	ended = 1
+	next
+}
+{
+	if (index($0, "  ") || substr($0, 1, 1) == " " || substr($0, length($0)) == " " || index($0, "\t")) bad("line " NR ": bad spacing")
+	if (split($0, f, " ") != 9) bad("line " NR ": want 9 fields")
+	if (f[1] !~ /^[0-9][0-9]*$/ || f[2] !~ /^[0-7][0-7]*$/ || f[3] !~ /^[0-9][0-9]*$/ || f[4] !~ /^[0-9][0-9]*$/ || f[5] !~ /^[0-9][0-9]*$/) bad("line " NR ": bad number")
+	for (k = 6; k <= 7; k++) if (f[k] !~ /^-?[0-9][0-9]*\.[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]$/) bad("line " NR ": bad time")
+	if (f[8] != "-") {
+		xa = 1
+		m = split(f[8], x, ",")
+		for (k = 1; k <= m; k++) {
+			e = index(x[k], "=")
+			if (e < 2 || !escaped(substr(x[k], 1, e - 1), 1) || substr(x[k], e + 1) !~ /^([0-9a-f][0-9a-f])*$/) bad("line " NR ": bad extended attribute")
+		}
+	}
+	if (!escaped(f[9], 0) || f[9] == "") bad("line " NR ": bad path")
+	count++
+}
+END {
+	if (failed) exit 1
+	if (NR == 0) bad("empty")
+	if (!ended) bad("no end line after " count " records")
+	print "ok " count " " (xa ? 1 : 0)
+}'
+
+# Functions of the planning programs below.
+# shellcheck disable=SC2016
+plan_lib='
+# canon writes bytes (getfattr output, where \NNN is a byte) in the
+# escaping of the manifest (every byte outside !..~, and backslash, as \0NNN;
+# also , and = when names is set).
+function canon(g, names,   out, k, c, v) {
+	out = ""
+	for (k = 1; k <= length(g); k++) {
+		c = substr(g, k, 1)
+		if (c == "\\" && substr(g, k + 1, 3) ~ /^[0-7][0-7][0-7]$/) {
+			v = substr(g, k + 1, 1) * 64 + substr(g, k + 2, 1) * 8 + substr(g, k + 3, 1); k += 3
+		} else v = ORD[c]
+		if (v > 32 && v < 127 && v != 92 && (!names || v != 44 && v != 61)) out = out CHR[v]
+		else out = out sprintf("\\0%03o", v)
+	}
+	return out
+}
+# unesc decodes the manifest escaping.
+function unesc(m,   out, k, c) {
+	out = ""
+	for (k = 1; k <= length(m); k++) {
+		c = substr(m, k, 1)
+		if (c == "\\") { c = CHR[substr(m, k + 2, 1) * 64 + substr(m, k + 3, 1) * 8 + substr(m, k + 4, 1)]; k += 4 }
+		out = out c
+	}
+	return out
+}
+# forset writes a manifest-escaped name as setfattr -n reads it (\NNN).
+function forset(m,   out, k, c) {
+	out = ""
+	for (k = 1; k <= length(m); k++) {
+		c = substr(m, k, 1)
+		if (c == "\\") { out = out "\\"; k++ } else out = out c
+	}
+	return out
+}
+function oct(s,   k, v) {
+	v = 0
+	for (k = 1; k <= length(s); k++) v = v * 8 + substr(s, k, 1)
+	return v
+}
+function frac(tod) { return (tod ~ /\./) ? substr(tod, index(tod, ".") + 1) : "000000000" }
+# realtime writes a manifest time (the SEC.NSEC of a timespec: -2.500000000
+# is -1.5 s) as the number touch -d @ reads.
+function realtime(m,   sec, ns) {
+	sec = substr(m, 1, index(m, ".") - 1); ns = substr(m, index(m, ".") + 1)
+	if (sec !~ /^-/ || ns == "000000000") return m
+	return "-" (-(sec + 1)) "." sprintf("%09d", 1000000000 - ns)
+}
+# have records one line of getfattr -e hex output for the file key.
+function have(key, l,   e, name, val, c) {
+	if (l == "" || substr(l, 1, 8) == "# file: ") return
+	e = index(l, "=")
+	if (e == 0) { name = l; val = "" } else { name = substr(l, 1, e - 1); val = tolower(substr(l, e + 1)) }
+	sub(/^0x/, "", val)
+	c = canon(name, 1)
+	HN[key, ++HC[key]] = c; HV[key, c] = val; HS[key, c] = 1
+}
+# xplan prints the operations that give the file key the attributes want
+# (the manifest field) and returns how many.
+function xplan(key, want, set, del, sfx,   w, k, e, name, val, ops, W) {
+	ops = 0
+	if (want != "-") {
+		w = split(want, W, ",")
+		for (k = 1; k <= w; k++) {
+			e = index(W[k], "=")
+			name = substr(W[k], 1, e - 1); val = substr(W[k], e + 1)
+			WANT[key, name] = 1
+			if (!((key, name) in HS) || HV[key, name] != val) { print set "0x" val " " forset(name) sfx; ops++ }
+		}
+	}
+	for (k = 1; k <= HC[key]; k++)
+		if (!((key, HN[key, k]) in WANT)) { print del forset(HN[key, k]) sfx; ops++ }
+	return ops
+}
+'
+
+# What to do to one file's extended attributes: getfattr -d -e hex output
+# on standard input, ENVIRON["TREETX_WANT"] the manifest's field. Prints
+# "set 0xHEX NAME" and "del - NAME" lines (NAME as setfattr reads it), sets
+# first, in the manifest's order, as snapshot.syncXattrs does.
+# shellcheck disable=SC2016
+xattr_awk=$lib_awk$plan_lib'
+{ have(0, $0) }
+END {
+	xplan(0, ENVIRON["TREETX_WANT"], "set ", "del - ", "")
+}'
+
+# Restoring a batch of records (snapshot.Restore): ENVIRON["TREETX_RECS"]
+# holds the manifest lines, ENVIRON["TREETX_STATS"] stat's line for each of
+# their paths under ENVIRON["TREETX_ROOT"], in order, and standard input
+# getfattr -d -e hex --absolute-names of them all when TREETX_XON is 1. For
+# each record, in order and in Go's order within it, prints "chown UID:GID
+# ESC", "xset ESC 0xHEX NAME", "xdel ESC - NAME", "chmod MODE ESC" and
+# "touch TIME ESC" (ESC the manifest-escaped path); or "fallback" when the
+# lines do not pair up.
+# shellcheck disable=SC2016
+restore_awk=$lib_awk$plan_lib'
+/^# file: / { key = canon(substr($0, 9), 0); next }
+{ if (key != "") have(key, $0) }
+END {
+	nr = split(ENVIRON["TREETX_RECS"], R, "\n")
+	ns = split(ENVIRON["TREETX_STATS"], T, "\n")
+	while (nr > 0 && R[nr] == "") nr--
+	while (ns > 0 && T[ns] == "") ns--
+	if (nr != ns) { print "fallback"; exit 0 }
+	root = canon(ENVIRON["TREETX_ROOT"], 0)
+	for (i = 1; i <= nr; i++) {
+		if (split(R[i], r, " ") != 9 || split(T[i], t, " ") != 13) { print "fallback"; exit 0 }
+		if (t[1] != r[1]) continue # another inode: not the shadow
+		e = r[9]
+		cm = oct(t[2])
+		if (t[3] != r[3] || t[4] != r[4]) {
+			print "chown " r[3] ":" r[4] " " e
+			cm -= (int(cm / 2048) % 2) * 2048 + (int(cm / 1024) % 2) * 1024
+		}
+		x = 0
+		if (ENVIRON["TREETX_XON"] == 1) x = xplan(root "/" e, r[8], "xset " e " ", "xdel " e " - ", "")
+		if (x || cm != oct(r[2])) print "chmod " r[2] " " e
+		if (t[5] == r[5] && t[10] "." frac(t[12]) == r[7] && t[6] "." frac(t[8]) != r[6]) print "touch " realtime(r[6]) " " e
+	}
+}'
+
+# Checking a batch of records (snapshot.Changed): TREETX_RECS and
+# TREETX_STATS as for restore_awk, stat giving "%i %s %Y %y". Prints "lost
+# ESC" for each file whose size or mtime differ from the record, "error
+# MESSAGE" for one that is another inode, or "fallback".
+# shellcheck disable=SC2016
+changed_awk=$lib_awk$plan_lib'
+END {
+	nr = split(ENVIRON["TREETX_RECS"], R, "\n")
+	ns = split(ENVIRON["TREETX_STATS"], T, "\n")
+	while (nr > 0 && R[nr] == "") nr--
+	while (ns > 0 && T[ns] == "") ns--
+	if (nr != ns) { print "fallback"; exit 0 }
+	for (i = 1; i <= nr; i++) {
+		if (split(R[i], r, " ") != 9 || split(T[i], t, " ") != 6) { print "fallback"; exit 0 }
+		if (t[1] != r[1]) {
+			print oneline("error check " ENVIRON["TREETX_ROOT"] "/" unesc(r[9]) ": inode " t[1] ", the manifest says " r[1] ": the shadow was changed by name")
+			exit 0
+		}
+		if (t[2] != r[5] || t[3] "." frac(t[5]) != r[7]) print "lost " r[9]
+	}
+}'
+
+usage() {
+	printf 'usage: %s [-n] DIR...\n' "$prog" >&2
+	exit 64
+}
+
+dry=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	-n | --dry-run) dry=1; shift ;;
+	-h | --help)
+		sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+		exit 0 ;;
+	--) shift; break ;;
+	-?*) printf '%s: unknown option %s\n' "$prog" "$1" >&2; usage ;;
+	*) break ;;
+	esac
+done
+[ $# -gt 0 ] || usage
+
+for tool in flock mv rm stat sync touch chmod chown realpath od tr wc id date uname awk sed grep; do
+	if ! command -v "$tool" >/dev/null 2>&1; then
+		printf '%s: %s not found: it is needed (coreutils, sed, awk, util-linux flock)\n' "$prog" "$tool" >&2
+		exit 125
+	fi
+done
+if ! sync --help 2>/dev/null | grep -q -e '--file-system'; then
+	printf '%s: this sync has no --file-system (syncfs): coreutils 8.24 or later is needed\n' "$prog" >&2
+	exit 125
+fi
+have_xattr=0
+if getfattr --version >/dev/null 2>&1 && setfattr --version >/dev/null 2>&1; then
+	have_xattr=1
+fi
+have_exchange=0
+if mv --help 2>/dev/null | grep -q -e '--exchange'; then
+	have_exchange=1
+fi
+am_root=0
+[ "$(id -u 2>/dev/null)" = 0 ] && am_root=1
+
+nl='
+'
+
+# ---------------------------------------------------------------------------
+# Helpers. Functions that can fail set why and return 1.
+
+exists() { [ -e "$1" ] || [ -L "$1" ]; }
+
+# fileid prints "DEV INO" of a path, not following a symlink.
+fileid() { stat -c '%d %i' -- "$1" 2>/dev/null; }
+
+is_id() {
+	case $1 in '' | *[!0-9a-f]*) return 1 ;; esac
+	[ ${#1} -eq 16 ]
+}
+
+new_id() {
+	nid=$(od -An -N8 -tx1 /dev/urandom 2>/dev/null | tr -d ' \n')
+	is_id "$nid" || nid=$(printf '%08x%08x' "$$" "$(date +%s)")
+}
+
+# decode sets dp to a manifest-escaped path, decoded (printf %b reads \0NNN).
+decode() {
+	case $1 in
+	*\\*) dp=$(printf '%bx' "$1"); dp=${dp%x} ;;
+	*) dp=$1 ;;
+	esac
+}
+
+# realtime sets rt to a manifest time (SEC.NSEC of a timespec: -2.500000000
+# is -1.5 s) as the real number touch -d @ reads.
+realtime() {
+	rs=${1%%.*}
+	rn=${1#*.}
+	rt=$1
+	case $rs in
+	-*)
+		if [ "$rn" != 000000000 ]; then
+			rs=$((rs + 1))
+			rn=$((2000000000 - 1$rn))
+			while [ ${#rn} -lt 9 ]; do rn=0$rn; done
+			rt=-${rs#-}.$rn
+		fi ;;
+	esac
+}
+
+# frac sets fr to the nanoseconds of a stat %x/%y time of day.
+frac() {
+	case $1 in
+	*.*) fr=${1#*.} ;;
+	*) fr=000000000 ;;
+	esac
+}
+
+run() { # run CMD...: runs it, keeping its messages in out
+	out=$("$@" 2>&1 </dev/null)
+}
+
+fsync_parent() {
+	run sync -- "$P" || { why="fsync $P: $out"; return 1; }
+}
+
+syncfs_parent() {
+	run sync -f -- "$P" || { why="syncfs $P: $out"; return 1; }
+}
+
+# rename_noreplace FROM TO: a rename that never replaces an existing name.
+# mv -T tries renameat2(RENAME_NOREPLACE) first, but then renames over an
+# empty directory: hence the check, under the lock.
+rename_noreplace() {
+	if exists "$2"; then
+		why="rename $1 to $2: $2 exists"
+		return 1
+	fi
+	run mv -T -- "$1" "$2" || { why="rename $1 to $2: $out"; return 1; }
+}
+
+# expect_shadow_at PATH checks that PATH is the journal's shadow.
+expect_shadow_at() {
+	run stat -c '%d %i' -- "$1" || { why="shadow $1: $out"; return 1; }
+	if [ "$out" != "$sdev $sino" ]; then
+		why="$1 is not the shadow the journal records (inode ${out#* } on device ${out% *}; journal: inode $sino on device $sdev)"
+		return 1
+	fi
+}
+
+# make_removable gives every directory of a tree its owner's write and
+# search permission (as snapshot.Remove does), for a user who is not root.
+make_removable() (
+	if ! [ -w "$1" ] || ! [ -x "$1" ]; then chmod u+wx -- "$1" || exit 1; fi
+	for e in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+		if [ -d "$e" ] && ! [ -L "$e" ]; then make_removable "$e" || exit 1; fi
+	done
+)
+
+# remove_tree deletes a tree under a removal name, never following symlinks.
+remove_tree() {
+	if [ "$am_root" = 0 ] && [ -d "$1" ] && ! [ -L "$1" ]; then
+		make_removable "$1" 2>/dev/null
+	fi
+	run rm -rf --one-file-system -- "$1" || { why="remove $1: $out"; return 1; }
+}
+
+# remove_garbage deletes every tree named for removal (txn's removeGarbage).
+remove_garbage() {
+	for f in "$pp"/.[#]treetx.*; do
+		b=${f##*/}
+		case $b in
+		"$pre"removing.*) is_id "${b#"$pre"removing.}" || continue ;;
+		*) continue ;;
+		esac
+		remove_tree "$f" || return 1
+	done
+}
+
+# finish ends the transaction (txn's finish): the journal goes durably, then
+# the manifest and a stale temporary, then the trees named for removal.
+finish() {
+	run rm -f -- "$J" || { why="remove $J: $out"; return 1; }
+	fsync_parent || return 1
+	run rm -f -- "$M" || { why="remove $M: $out"; return 1; }
+	run rm -f -- "$JT" || { why="remove $JT: $out"; return 1; }
+	remove_garbage
+}
+
+# discard drops the shadow of a transaction that never touched DIR (phase
+# snapshot) or whose commit is durable (phase commit): rename whichever of
+# its names holds the journal's inode to the removal name, fsync, finish. If
+# the rename fails (a full btrfs refuses renames), the shadow is deleted in
+# place before the journal goes, as txn's discard does: the journal's phase
+# already says it is garbage.
+discard() {
+	for s in "$INC" "$CPL"; do
+		exists "$s" || continue
+		expect_shadow_at "$s" || { why="$why: left alone"; return 1; }
+	done
+	for s in "$INC" "$CPL"; do
+		exists "$s" || continue
+		if ! rename_noreplace "$s" "$pp/${pre}removing.$jid"; then
+			rwhy=$why
+			remove_tree "$s" || { why="$rwhy; $why"; return 1; }
+			continue
+		fi
+		fsync_parent || return 1
+	done
+	finish
+}
+
+check_manifest() {
+	mres=$(awk "$manifest_awk" "$M" 2>&1 </dev/null) || { why="manifest $M: ${mres#bad }"; return 1; }
+	case $mres in
+	"ok "*) ;;
+	*) why="manifest $M: ${mres#bad }"; return 1 ;;
+	esac
+}
+
+# for_batches WHAT ROOT: calls WHAT_batch for the manifest's records in batches,
+# with recs holding their lines and the positional parameters their paths
+# under ROOT (decoded: printf %b reads the \0NNN escapes).
+for_batches() {
+	fn=$1 root=$2
+	recs='' cnt=0
+	set --
+	while IFS= read -r rline <&3; do
+		case $rline in '#'*) continue ;; esac
+		recs=$recs$rline$nl
+		decode "${rline##* }"
+		set -- "$@" "$root/$dp"
+		cnt=$((cnt + 1))
+		if [ "$cnt" -ge 256 ] || [ ${#recs} -ge 32768 ]; then
+			batch "$@" || return 1
+			recs='' cnt=0
+			set --
+		fi
+	done 3<"$M"
+	[ "$cnt" -eq 0 ] || batch "$@"
+}
+
+batch() {
+	case $fn in
+	changed) changed_batch "$@" ;;
+	restore) restore_batch "$@" ;;
+	esac
+}
+
+# changed sets lost to the manifest-escaped paths (one a line) of the linked
+# files of the shadow at $1 whose size or mtime differ from the record: they
+# were written in place (snapshot.Changed). A recorded path that is missing
+# or another inode is an error.
+changed() {
+	lost='' nlost=0
+	for_batches changed "$1"
+}
+
+changed_batch() {
+	if st=$(stat -c '%i %s %Y %y' -- "$@" 2>/dev/null </dev/null); then
+		res=$(TREETX_ROOT=$root TREETX_RECS=$recs TREETX_STATS=$st awk "$changed_awk" </dev/null) || { why="check: awk failed"; return 1; }
+		case $res in
+		fallback*) ;;
+		error*) why=${res#error }; return 1 ;;
+		*)
+			while IFS=' ' read -r op e; do
+				[ "$op" = lost ] || continue
+				lost=$lost$e$nl
+				nlost=$((nlost + 1))
+			done <<EOF
+$res
+EOF
+			return 0 ;;
+		esac
+	fi
+	changed_slow
+}
+
+# changed_slow checks the batch's records one by one, to say which failed.
+changed_slow() {
+	while IFS=' ' read -r r_ino r_mode r_uid r_gid r_size r_at r_mt r_xa r_path; do
+		[ -n "$r_ino" ] || continue
+		decode "$r_path"
+		p=$root/$dp
+		run stat -c '%i %s %Y %y' -- "$p" || { why="check $p: $out"; return 1; }
+		set -f
+		# shellcheck disable=SC2086 # split stat's fields
+		set -- $out
+		set +f
+		if [ "$1" != "$r_ino" ]; then
+			why="check $p: inode $1, the manifest says $r_ino: the shadow was changed by name"
+			return 1
+		fi
+		frac "$5"
+		if [ "$2" != "$r_size" ] || [ "$3.$fr" != "$r_mt" ]; then
+			lost=$lost$r_path$nl
+			nlost=$((nlost + 1))
+		fi
+	done <<EOF
+$recs
+EOF
+}
+
+# restore gives the linked files under $1 the owner, extended attributes,
+# mode and times the manifest recorded, where they differ, and not the times
+# of files written in place (snapshot.Restore). Idempotent. A record whose
+# path is missing or is another inode is skipped.
+restore() {
+	for_batches restore "$1"
+}
+
+restore_batch() {
+	if st=$(stat -c '%i %a %u %g %s %X %x %Y %y' -- "$@" 2>/dev/null </dev/null); then
+		xa=''
+		if [ "$have_xattr" = 0 ] || xa=$(getfattr -h -d -m - -e hex --absolute-names -- "$@" 2>/dev/null </dev/null); then
+			res=$(printf '%s\n' "$xa" | TREETX_ROOT=$root TREETX_RECS=$recs TREETX_STATS=$st TREETX_XON=$have_xattr awk "$restore_awk") || { why="restore: awk failed"; return 1; }
+			case $res in
+			fallback*) ;;
+			*)
+				apply "$res"
+				return ;;
+			esac
+		fi
+	fi
+	restore_slow
+}
+
+# apply carries out restore_awk's operations.
+apply() {
+	while IFS=' ' read -r op a1 a2 a3; do
+		case $op in
+		chown | chmod | touch) decode "$a2" ;;
+		xset | xdel) decode "$a1" ;;
+		*) continue ;;
+		esac
+		p=$root/$dp
+		case $op in
+		chown) run chown -h "+${a1%:*}:+${a1#*:}" -- "$p" || { why="restore owner of $p: $out"; return 1; } ;;
+		chmod) run chmod -- "$a1" "$p" || { why="restore mode of $p: $out"; return 1; } ;;
+		touch) run touch -h -c -a -d "@$a1" -- "$p" || { why="restore times of $p: $out"; return 1; } ;;
+		xset) setxattr set "$a2" "$a3" || return 1 ;;
+		xdel) setxattr del - "$a3" || return 1 ;;
+		esac
+	done <<EOF
+$1
+EOF
+}
+
+# setxattr OP VALUE NAME sets or removes one attribute of $p; like
+# snapshot.syncXattrs, one this process may not set is skipped.
+setxattr() {
+	if [ "$1" = set ]; then
+		run setfattr -h -n "$3" -v "$2" -- "$p"
+	else
+		run setfattr -h -x "$3" -- "$p"
+	fi && return 0
+	case $out in
+	*"Operation not permitted"*) return 0 ;;
+	*"No such attribute"*) [ "$1" = del ] && return 0 ;;
+	esac
+	why="restore extended attributes of $p: $out"
+	return 1
+}
+
+# sync_xattrs makes the extended attributes of $p those of the record; sets
+# xdid=1 if it changed any.
+sync_xattrs() {
+	xdid=0
+	if ! have=$(getfattr -h -d -m - -e hex --absolute-names -- "$p" 2>/dev/null </dev/null); then
+		have=$(getfattr -h -d -m - -e hex --absolute-names -- "$p" 2>&1 >/dev/null </dev/null)
+		case $have in
+		*"Operation not supported"*) have='' ;;
+		*) why="restore extended attributes of $p: $have"; return 1 ;;
+		esac
+	fi
+	[ -z "$have" ] && [ "$r_xa" = - ] && return 0
+	plan=$(printf '%s\n' "$have" | TREETX_WANT=$r_xa awk "$xattr_awk") || { why="restore extended attributes of $p: $plan"; return 1; }
+	[ -n "$plan" ] || return 0
+	while IFS=' ' read -r op val name; do
+		setxattr "$op" "$val" "$name" || return 1
+	done <<EOF
+$plan
+EOF
+	xdid=1
+}
+
+# restore_slow restores the batch's records one by one: some path is
+# missing, or is not what stat can pair up.
+restore_slow() {
+	while IFS=' ' read -r r_ino r_mode r_uid r_gid r_size r_at r_mt r_xa r_path; do
+		[ -n "$r_ino" ] || continue
+		decode "$r_path"
+		p=$root/$dp
+		if ! run stat -c '%i %a %u %g %s %X %x %Y %y' -- "$p"; then
+			case $out in *"No such file or directory"*) continue ;; esac
+			why="restore $p: $out"
+			return 1
+		fi
+		set -f
+		# shellcheck disable=SC2086 # split stat's fields
+		set -- $out
+		set +f
+		# $1 ino $2 mode $3 uid $4 gid $5 size $6 atime $8 its time of day
+		# $10 mtime $12 its time of day
+		[ "$1" = "$r_ino" ] || continue
+		cm=$((0$2))
+		if [ "$3" != "$r_uid" ] || [ "$4" != "$r_gid" ]; then
+			run chown -h "+$r_uid:+$r_gid" -- "$p" || { why="restore owner of $p: $out"; return 1; }
+			cm=$((cm & ~06000)) # chown may have cleared them
+		fi
+		xdid=0
+		if [ "$have_xattr" = 1 ]; then
+			sync_xattrs || return 1
+		fi
+		if [ "$xdid" = 1 ] || [ "$cm" -ne $((0$r_mode)) ]; then
+			run chmod -- "$r_mode" "$p" || { why="restore mode of $p: $out"; return 1; }
+		fi
+		frac "$8"
+		at=$6.$fr
+		frac "${12}"
+		if [ "$5" = "$r_size" ] && [ "${10}.$fr" = "$r_mt" ] && [ "$at" != "$r_at" ]; then
+			realtime "$r_at"
+			run touch -h -c -a -d "@$rt" -- "$p" || { why="restore times of $p: $out"; return 1; }
+		fi
+	done <<EOF
+$recs
+EOF
+}
+
+# swap puts the shadow (at .complete) in place of DIR: one exchange where mv
+# has --exchange and the file system has it; else rename DIR to the failed
+# tree's name, fsync, rename the shadow to DIR. If DIR is gone, the shadow
+# is renamed into its place.
+swap() {
+	if ! exists "$D"; then
+		rename_noreplace "$CPL" "$D"
+		return
+	fi
+	if [ "$have_exchange" = 1 ]; then
+		run mv --exchange -T -- "$CPL" "$D" && return 0
+		if [ "$(fileid "$D")" = "$sdev $sino" ]; then return 0; fi
+		case $out in
+		*"Invalid argument"* | *"not supported"*) ;;
+		*"No such file"*)
+			if ! exists "$D"; then
+				rename_noreplace "$CPL" "$D"
+				return
+			fi
+			why="exchange $CPL and $D: $out"
+			return 1 ;;
+		*) why="exchange $CPL and $D: $out"; return 1 ;;
+		esac
+	fi
+	rename_noreplace "$D" "$failed" || return 1
+	fsync_parent || return 1
+	rename_noreplace "$CPL" "$D"
+}
+
+# put_back finishes a rollback whose journal is durable (txn's putBack):
+# restore the metadata, exchange, syncfs, name the failed tree for removal
+# (or keep it when content was lost), finish. Each step finds the shadow by
+# its inode, so it resumes wherever a crash left it.
+put_back() {
+	swapped=0
+	if exists "$D" && [ "$(fileid "$D")" = "$sdev $sino" ]; then
+		swapped=1
+	else
+		expect_shadow_at "$CPL" || return 1
+	fi
+	failed=$pp/${pre}removing.$jid
+	[ "$nlost" -gt 0 ] && failed=$pp/${pre}failed.$jid
+	check_manifest || return 1
+	if [ "$swapped" = 0 ]; then
+		restore "$CPL" || return 1
+		swap || return 1
+	else
+		restore "$D" || return 1
+	fi
+	syncfs_parent || return 1
+	if exists "$CPL"; then
+		run stat -c '%d %i' -- "$CPL" || { why="stat $CPL: $out"; return 1; }
+		if [ "$out" = "$sdev $sino" ]; then
+			why="$CPL still holds the shadow after the exchange"
+			return 1
+		fi
+		rename_noreplace "$CPL" "$failed" || return 1
+		fsync_parent || return 1
+	fi
+	finish
+}
+
+# write_journal replaces the journal atomically and durably: unlink a stale
+# temporary, write it, fsync it, rename it over the journal, fsync P.
+write_journal() {
+	run rm -f -- "$JT" || { why="journal: remove stale $JT: $out"; return 1; }
+	if ! (set -C && printf '%s\n' "$1" >"$JT") 2>/dev/null; then
+		why="journal: create $JT failed"
+		return 1
+	fi
+	run sync -- "$JT" || { why="journal: write $JT: $out"; return 1; }
+	run mv -f -T -- "$JT" "$J" || { why="journal: rename $J: $out"; return 1; }
+	fsync_parent || { why="journal: $why"; return 1; }
+}
+
+# rollback rolls back a transaction whose command had not finished: list
+# the linked files written in place, record them with phase rollback, put
+# the shadow back.
+rollback() {
+	expect_shadow_at "$CPL" || return 1
+	check_manifest || return 1
+	changed "$CPL" || return 1
+	newj=$(printf '%s' "$lost" | awk -v mode=rewrite "$journal_awk" "$J" - 2>&1) || { why="journal $J: $newj"; return 1; }
+	write_journal "$newj" || return 1
+	put_back
+}
+
+# ---------------------------------------------------------------------------
+# The lock.
+
+# lock_record writes a holder record into the lock file (as lock.Acquire
+# does), or clears it; only while the path still names the locked file.
+lock_record() {
+	[ "$(stat -L -c '%d %i' /proc/self/fd/9 2>/dev/null)" = "$(stat -L -c '%d %i' -- "$L" 2>/dev/null)" ] || return 0
+	if [ "$1" = clear ]; then
+		: 2>/dev/null >"$L"
+		return 0
+	fi
+	cmd="\"$prog\""
+	case $D in *[![:print:]]* | *'"'* | *\\*) ;; *) cmd="$cmd,\"$D\"" ;; esac
+	host=$(uname -n 2>/dev/null)
+	case $host in *[![:print:]]* | *'"'* | *\\*) host= ;; esac
+	user=$(id -un 2>/dev/null || id -u)
+	case $user in *[![:print:]]* | *'"'* | *\\*) user= ;; esac
+	printf '{"pid":%s,"host":"%s","user":"%s","command":[%s],"since":"%s"}\n' \
+		"$$" "$host" "$user" "$cmd" "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" 2>/dev/null >"$L"
+}
+
+# lock takes DIR's lock without waiting: returns 0 had, 1 held by another,
+# 2 error (why set).
+lock() {
+	if ! exists "$L"; then
+		if ! (: >>"$L") 2>/dev/null; then
+			why="lock $L: cannot create it"
+			return 2
+		fi
+	fi
+	if ! (: <"$L") 2>/dev/null; then
+		why="lock $L: cannot open it"
+		return 2
+	fi
+	exec 9<"$L"
+	mode=-x
+	[ "$dry" = 1 ] && mode=-s
+	flock -n -E 200 $mode 9
+	case $? in
+	0) ;;
+	200) exec 9<&-; return 1 ;;
+	*)
+		# An exclusive lock over NFS needs the file open for writing.
+		exec 9<&-
+		if (: 2>/dev/null 1<>"$L") && exec 9<>"$L" && flock -n -E 200 $mode 9; then
+			:
+		else
+			rc=$?
+			exec 9<&-
+			[ $rc = 200 ] && return 1
+			why="lock $L: flock failed"
+			return 2
+		fi ;;
+	esac
+	[ "$dry" = 1 ] || lock_record write
+	return 0
+}
+
+unlock() {
+	[ "$dry" = 1 ] || lock_record clear
+	exec 9<&-
+}
+
+# ---------------------------------------------------------------------------
+# One directory.
+
+# report prints the line for one DIR; $1 is did, would or not.
+report() {
+	line="$D: $state: $found"
+	if [ -n "$action" ]; then
+		case $1 in
+		did) line="$line; did: $action" ;;
+		would) line="$line; would: $action" ;;
+		*) line="$line; $action" ;;
+		esac
+	fi
+	if [ "$nlost" -gt 0 ] && [ -n "$failed" ]; then
+		line="$line; the old content of $nlost file(s) is lost, failed tree kept at $failed"
+	fi
+	[ -n "$note" ] && line="$line; $note"
+	printf '%s\n' "$line"
+}
+
+person() { # the action failed or may not be done
+	printf '%s: %s: needs a person: %s\n' "$prog" "$D" "$1" >&2
+}
+
+# resolve sets D to DIR made absolute with symlinks resolved, like treetx:
+# a missing DIR is fine when its parent exists.
+resolve() {
+	if r=$(realpath -e -- "$1" 2>/dev/null && echo x); then
+		r=${r%?x}
+	else
+		b=${1%"${1##*[!/]}"}
+		b=${b##*/}
+		case $1 in */*) pd=${1%"${1##*[!/]}"}; pd=${pd%/*}; pd=${pd:-/} ;; *) pd=. ;; esac
+		r=$(realpath -e -- "$pd" 2>/dev/null && echo x) || return 1
+		r=${r%?x}
+		[ -d "$r" ] || return 1
+		case $b in '' | . | ..) return 1 ;; esac
+		r=${r%/}/$b
+	fi
+	D=$r
+}
+
+# has_names tells whether the parent holds any of DIR's names (the lock,
+# the journal, a shadow, a tree being removed or kept...).
+has_names() {
+	for f in "$pp"/.[#]treetx.*; do
+		b=${f##*/}
+		case $b in
+		"$pre"lock | "$pre"journal | "$pre"journal.tmp | "$pre"meta | "$pre"incomplete | "$pre"complete) return 0 ;;
+		"$pre"removing.*) is_id "${b#"$pre"removing.}" && return 0 ;;
+		"$pre"failed.*) is_id "${b#"$pre"failed.}" && return 0 ;;
+		esac
+	done
+	return 1
+}
+
+# parse_journal sets jres to what journal_awk says of the journal, and from
+# it jid, phase, sdev, sino, nlost and who.
+parse_journal() {
+	if [ "$(tr -d '\000' <"$J" | wc -c)" -ne "$(wc -c <"$J")" ] 2>/dev/null; then
+		jres="corrupt a NUL byte"
+	else
+		jres=$(awk -v mode=parse "$journal_awk" "$J" 2>&1)
+	fi
+	case $jres in
+	ok"$nl"*)
+		set -f
+		oifs=$IFS
+		IFS=$nl
+		# shellcheck disable=SC2086 # one field a line
+		set -- $jres
+		IFS=$oifs
+		set +f
+		jid=$2 phase=$3 sdev=$4 sino=$5 nlost=$6 who=$7
+		return 0 ;;
+	future*) jerr="$J: journal is from a newer version of treetx (version ${jres#future }; this script reads version 1)" ;;
+	*) jerr="$J: journal is unreadable or corrupt: ${jres#corrupt }" ;;
+	esac
+	return 1
+}
+
+# busy_found describes a directory whose lock another process holds, as
+# recover's busyReport does.
+busy_found() {
+	hres=$(awk "$holder_awk" "$L" 2>/dev/null)
+	case $hres in
+	ok"$nl"*)
+		set -f
+		oifs=$IFS
+		IFS=$nl
+		# shellcheck disable=SC2086 # one field a line
+		set -- $hres
+		IFS=$oifs
+		set +f
+		running=1
+		if [ "$3" = "$(uname -n 2>/dev/null)" ]; then
+			if [ -d /proc/self ]; then
+				[ -d "/proc/$2" ] || running=0
+			else
+				kill -0 "$2" 2>/dev/null || running=0
+			fi
+		fi
+		if [ $running = 1 ]; then
+			bwho="its lock is held by pid $2 ($5) on $3 as $4 since $6"
+		else
+			bwho="its lock is held, not by pid $2 ($5) recorded in the lock file, which has exited: by a process that inherited the lock from it, or by a reader"
+		fi ;;
+	*) bwho="its lock is held by another process (a reader under treetx lock --shared, or a holder that has not recorded itself)" ;;
+	esac
+	if ! [ -e "$J" ]; then
+		found="no transaction journal; $bwho"
+	elif parse_journal; then
+		found="transaction $jid is in phase $phase; $bwho"
+	else
+		found="$jerr; $bwho"
+	fi
+}
+
+# at sets at_there (the name exists) and at_ok (it is the shadow).
+at() {
+	at_there=0 at_ok=0
+	if id=$(stat -c '%d %i' -- "$1" 2>/dev/null); then
+		at_there=1
+		[ "$id" = "$sdev $sino" ] && at_ok=1
+	fi
+}
+
+# check_shadow sets problem to what keeps recovery from acting on the
+# journal (recover's checkShadow): the shadow, found by inode, must be where
+# the phase allows, and the manifest there and whole when a rollback needs
+# it.
+check_shadow() {
+	problem=''
+	at "$CPL"
+	c_ok=$at_ok c_there=$at_there
+	case $phase in
+	snapshot | commit)
+		if [ $c_there = 1 ] && [ $c_ok = 0 ]; then
+			problem="$CPL is not the shadow the journal records (inode $sino)"
+			return
+		fi
+		at "$INC"
+		if [ $at_there = 1 ] && [ $at_ok = 0 ]; then
+			problem="$INC is not the shadow the journal records (inode $sino)"
+		fi ;;
+	running | rollback)
+		at "$D"
+		if [ $c_ok = 1 ]; then
+			:
+		elif [ "$phase" = rollback ] && [ $at_ok = 1 ]; then
+			:
+		elif [ $c_there = 1 ]; then
+			problem="$CPL is not the shadow the journal records (inode $sino)"
+		else
+			problem="the shadow (inode $sino) is neither at $CPL nor at $D"
+		fi
+		if [ -z "$problem" ] && ! exists "$M"; then
+			problem="its manifest $M is missing"
+		elif [ -z "$problem" ] && ! check_manifest; then
+			problem="its manifest is unusable: manifest is corrupt or incomplete: ${mres#bad }"
+		fi ;;
+	esac
+}
+
+recover_one() {
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase=''
+	if ! resolve "$1"; then
+		printf '%s: %s: no such directory, nor a parent holding treetx'"'"'s names for it\n' "$prog" "$1" >&2
+		return 125
+	fi
+	if [ "$D" = / ]; then
+		printf '%s: /: the root directory has no parent, so treetx keeps nothing for it\n' "$prog" >&2
+		return 125
+	fi
+	N=${D##*/}
+	pp=${D%/*} # the parent, "" for /
+	P=${pp:-/}
+	if [ ${#N} -gt 220 ]; then
+		printf '%s: %s: name is %s bytes long; treetx'"'"'s names beside it would exceed the 255-byte limit of a file name (at most 220 bytes)\n' "$prog" "$D" "${#N}" >&2
+		return 125
+	fi
+	pre=.#treetx.$N.
+	L=$pp/${pre}lock J=$pp/${pre}journal JT=$pp/${pre}journal.tmp
+	M=$pp/${pre}meta INC=$pp/${pre}incomplete CPL=$pp/${pre}complete
+	if ! exists "$L" && ! has_names; then
+		# A transaction creates the lock file first: without one, and with
+		# none of treetx's names beside DIR, there is nothing to do. Do not
+		# create the lock file then (for a mistyped name, or with another
+		# owner than the users of the directory).
+		if ! exists "$D"; then
+			printf '%s: %s: no such directory\n' "$prog" "$D" >&2
+			return 125
+		fi
+		state=idle found="no transaction"
+		report not
+		return 0
+	fi
+	if [ "$dry" = 1 ] && ! exists "$L"; then
+		recover_locked # a dry run creates no lock file
+		return
+	fi
+	lock
+	case $? in
+	0) ;;
+	1)
+		state="in progress" action="left alone"
+		busy_found
+		report not
+		return 75 ;;
+	*)
+		printf '%s: %s: %s\n' "$prog" "$D" "$why" >&2
+		return 125 ;;
+	esac
+	recover_locked
+	rc=$?
+	unlock
+	return $rc
+}
+
+# recover_locked classifies what is beside DIR (recover's classify) and
+# acts on it, under the lock.
+recover_locked() {
+	if [ -e "$J" ]; then
+		if ! parse_journal; then
+			state="needs a person"
+			found="$jerr; nothing done: inspect it, and the names $pre* beside it"
+			report not
+			person "$found"
+			return 125
+		fi
+		check_shadow
+		if [ -n "$problem" ]; then
+			state="needs a person"
+			found="an interrupted $who in phase $phase, but $problem; nothing done: inspect it, and the names $pre* beside it"
+			report not
+			person "$found"
+			return 125
+		fi
+		state="needs recovery"
+		case $phase in
+		snapshot) found="an interrupted $who that was still building its shadow" action="drop the shadow (the directory was never touched)" ;;
+		running) found="an interrupted $who whose command had not finished" action="roll back to the tree from before the transaction" ;;
+		rollback) found="an interrupted rollback of $who" action="finish the rollback" ;;
+		commit) found="an interrupted commit of $who" action="finish the commit (the new tree is durable)" ;;
+		esac
+		if [ "$dry" = 1 ]; then
+			nlost=0
+			report would
+			return 0
+		fi
+		if [ "$phase" != commit ] && [ "$phase" != snapshot ] && [ "$have_xattr" = 0 ] &&
+			mres=$(awk "$manifest_awk" "$M" 2>/dev/null) && [ "${mres##* }" = 1 ]; then
+			note="extended attributes recorded in the manifest were not restored (getfattr/setfattr not found)"
+		fi
+		case $phase in
+		snapshot | commit) discard ;;
+		running) rollback ;;
+		rollback) put_back ;;
+		esac || {
+			report not
+			person "$why"
+			return 125
+		}
+		report did
+		if [ "$nlost" -gt 0 ]; then
+			printf '%s: %s: rolled back, but the old content of %s file(s) written in place is lost (the failed tree is kept at %s)\n' "$prog" "$D" "$nlost" "$failed" >&2
+			return 125
+		fi
+		return 0
+	fi
+	if exists "$CPL"; then
+		state="needs a person"
+		found="$CPL exists but no journal claims it, so it was not made by treetx and is never installed; move it away"
+		report not
+		person "$found"
+		return 125
+	fi
+	garbage='' kept='' old=''
+	for f in "$INC" "$JT" "$M"; do
+		exists "$f" && garbage=$garbage${garbage:+, }${f##*/}
+	done
+	for f in "$pp"/.[#]treetx.*; do
+		b=${f##*/}
+		case $b in
+		"$pre"removing.*) is_id "${b#"$pre"removing.}" && old=$old${old:+, }$b ;;
+		"$pre"failed.*) is_id "${b#"$pre"failed.}" && kept=$kept${kept:+, }$b ;;
+		esac
+	done
+	if [ -z "$garbage" ]; then
+		# Trees named for removal alone are no unfinished business (treetx
+		# run leaves their deletion to a detached process): still deleted,
+		# in case that process died.
+		if [ -z "$old" ] && ! exists "$D"; then
+			printf '%s: %s: no such directory\n' "$prog" "$D" >&2
+			return 125
+		fi
+		state=idle found="no transaction"
+		[ -n "$kept" ] && found="$found; failed tree(s) kept for inspection: $kept"
+		if [ -z "$old" ]; then
+			report not
+			return 0
+		fi
+		found="$found; old trees being deleted: $old"
+		action="delete them (they belong to no transaction)"
+	else
+		state="needs recovery"
+		found="leftovers of finished or abandoned transactions: $garbage${old:+, }$old"
+		action="remove them (the directory is not involved)"
+	fi
+	if [ "$dry" = 1 ]; then
+		report would
+		return 0
+	fi
+	if ! remove_leftovers; then
+		report not
+		person "remove leftovers: $why"
+		return 125
+	fi
+	report did
+	return 0
+}
+
+# remove_leftovers deletes what no journal claims (recover's removeGarbage):
+# a directory not already under a removal name is first renamed to one and
+# the rename made durable, so that a tree is only ever deleted under such a
+# name; files are simply unlinked.
+remove_leftovers() {
+	for f in "$INC" "$JT" "$M"; do
+		exists "$f" || continue
+		if [ -d "$f" ] && ! [ -L "$f" ]; then
+			new_id
+			rename_noreplace "$f" "$pp/${pre}removing.$nid" || return 1
+			fsync_parent || return 1
+			remove_tree "$pp/${pre}removing.$nid" || return 1
+		else
+			run rm -f -- "$f" || { why="remove $f: $out"; return 1; }
+		fi
+	done
+	remove_garbage
+}
+
+status=0
+for dir in "$@"; do
+	recover_one "$dir"
+	rc=$?
+	if [ $rc != 0 ] && { [ $status = 0 ] || [ $rc = 125 ]; }; then
+		status=$rc
+	fi
+done
+exit $status
