@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if ok, code := helperMain(); ok {
 		os.Exit(code)
 	}
+	if ok, code := tortureChildMain(); ok {
+		os.Exit(code)
+	}
 	code, err := testMain(m)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "integration: %v\n", err)

@@ -31,7 +31,7 @@ tx=$work/treetx
 
 now() { date +%s%N; }
 ms() { awk -v ns="$1" 'BEGIN { printf "%.1f", ns / 1e6 }'; }
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.0f\n", v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # measure DIR LABEL: appends "label ns" lines to $results for one run.
 measure() {
@@ -59,7 +59,7 @@ measure() {
     /do="build shadow"/ { b = sec($1) }
     /do=syncfs/ && !s { s = sec($1) }
     /do=rename/ && s && !r { r = sec($1) }
-    END { printf "%s build %d\n%s syncfs %d\n", label, (s - b) * 1e9, label, (r - s) * 1e9 }' "$work/log" >>"$results"
+    END { printf "%s build %.0f\n%s syncfs %.0f\n", label, (s - b) * 1e9, label, (r - s) * 1e9 }' "$work/log" >>"$results"
   wait_cleanup "$d"
   t0=$(now)
   "$tx" run --wait-cleanup "$d" -- true
@@ -122,6 +122,6 @@ for r in $(seq "$runs"); do
   done
   echo "run $r of $runs done" >&2
 done
-echo "$(nproc) cores, $(free -g | awk '/Mem:/ { print $2 }') GiB, $(uname -r), median of $runs runs"
+echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo) GiB, $(uname -r), median of $runs runs"
 report
 rm -f "$results"

@@ -206,7 +206,7 @@ func (b *builder) entry(w *worker, srcPath string, srcFd, dstFd int, e dirent, r
 	b.links.Add(1)
 	rec := recordOf(rel, &st)
 	var err error
-	if rec.Xattrs, err = w.xbuf.ofPath(full); err != nil {
+	if rec.Xattrs, err = w.xbuf.ofAt(srcFd, e.name, full); err != nil {
 		return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
 	}
 	w.records = append(w.records, rec)

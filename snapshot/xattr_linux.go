@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -20,6 +21,7 @@ type Xattr struct {
 // xattrBuf holds the buffers reused to read extended attributes.
 type xattrBuf struct {
 	names, value []byte
+	noAt         bool // the kernel has no listxattrat
 }
 
 // read returns the attributes that list and get give, sorted by name; nil
@@ -69,6 +71,32 @@ func grow(buf *[]byte, fn func([]byte) (int, error)) (int, error) {
 func (b *xattrBuf) ofFd(fd int) ([]Xattr, error) {
 	return b.read(func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) },
 		func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) })
+}
+
+// ofAt reads the attributes of name in dirfd, not following a symlink, with
+// listxattrat (Linux 6.13) where the kernel has it; full is name's path, for
+// older kernels.
+func (b *xattrBuf) ofAt(dirfd int, name, full string) ([]Xattr, error) {
+	if b.noAt {
+		return b.ofPath(full)
+	}
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return nil, err
+	}
+	if b.names == nil {
+		b.names, b.value = make([]byte, 1024), make([]byte, 4096)
+	}
+	n, _, errno := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW,
+		uintptr(unsafe.Pointer(&b.names[0])), uintptr(len(b.names)), 0)
+	switch {
+	case errno == unix.ENOSYS:
+		b.noAt = true
+		return b.ofPath(full)
+	case errno == 0 && n == 0:
+		return nil, nil // the common case, in one system call
+	}
+	return b.ofPath(full)
 }
 
 // ofPath reads the attributes of path, not following a symlink.
