@@ -96,7 +96,7 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 	if o.shared {
 		mode = lock.Shared
 	}
-	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: time.Duration(o.lockTimeout)})
+	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: time.Duration(o.lockTimeout), Gate: n.Path(n.Gate)})
 	cancel()
 	if s := <-got; s != nil {
 		if lk != nil {

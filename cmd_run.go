@@ -22,6 +22,7 @@ type runOptions struct {
 	copy        []string
 	noCVSCopies bool
 	waitCleanup bool
+	ownerChange bool
 }
 
 func newRunCommand(g *globals) *cobra.Command {
@@ -60,6 +61,7 @@ written in place whose old content is lost; 64 for a bad command line.`,
 	f.Var(&o.lockTimeout, "lock-timeout", "give up waiting for DIR's lock after this long, exit 75 (0: try once; default: wait indefinitely)")
 	f.StringArrayVar(&o.exclude, "exclude", nil, "leave entries matching `GLOB` out of the transaction (repeatable; a GLOB with no / matches base names)")
 	f.StringArrayVar(&o.copy, "copy", nil, "give files matching `GLOB` a real copy in the shadow, for programs that write them in place (repeatable)")
+	f.BoolVar(&o.ownerChange, "allow-owner-change", false, "as a user other than root, let a rollback give you directories and CVS files that another user owns (else such a tree is refused)")
 	f.BoolVar(&o.waitCleanup, "wait-cleanup", false, "delete the thrown-away tree before exiting, instead of in a detached process")
 	f.BoolVar(&o.noCVSCopies, "no-cvs-copies", false, "in a CVS repository, do not copy CVSROOT/history, CVSROOT/val-tags and CVS/fileattr by default")
 	return c
@@ -70,7 +72,7 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *gl
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
 		LockTimeout: time.Duration(o.lockTimeout), Command: argv,
 		Logger: newLogger(g, stderr), Progress: progressPrinter(stderr),
-		DeferRemoval: !o.waitCleanup,
+		DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 	}}
 	rr, err := txn.Run(ctx, dir, argv, opts)
 	if rr != nil && rr.Result != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -152,4 +153,39 @@ func TestBackgroundProcessDoesNotKeepTheLock(t *testing.T) {
 	r = treetx(t, nil, runArgs(tree, []string{"true"}, "--lock-timeout", "0")...)
 	wantCode(t, r, 0)
 	noLeftovers(t, parent, "tree")
+}
+
+// TestWriterQueuesAheadOfReaders: readers that keep overlapping (each
+// holding the shared lock 0.4 s, the next one starting while it holds it)
+// would keep a writer out forever if it just retried; the writer waits at
+// the lock's gate instead, and readers that arrive meanwhile wait behind it.
+func TestWriterQueuesAheadOfReaders(t *testing.T) {
+	t.Parallel()
+	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	reader := func(n int) *proc {
+		return start(t, invocation{args: []string{"lock", "--shared", tree, "--", "sh", "-c", `echo "start $N" >> "$O/log"; sleep 0.4; echo "end $N" >> "$O/log"`}, env: append(env(tree, out), "N="+strconv.Itoa(n))})
+	}
+	readers := []*proc{reader(0)}
+	time.Sleep(100 * time.Millisecond)
+	writer := start(t, invocation{args: runArgs(tree, script(`echo "writer" >> "$O/log"`), "--lock-timeout", "5s"), env: env(tree, out)})
+	time.Sleep(100 * time.Millisecond)
+	for n := 1; n <= 3; n++ {
+		readers = append(readers, reader(n))
+		time.Sleep(150 * time.Millisecond)
+	}
+	wantCode(t, writer.wait(t), 0)
+	for _, r := range readers {
+		wantCode(t, r.wait(t), 0)
+	}
+	log, err := os.ReadFile(filepath.Join(out, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+	// The writer came after reader 0 and before the readers that arrived
+	// while it waited.
+	if w := slices.Index(lines, "writer"); w != 2 || lines[0] != "start 0" || lines[1] != "end 0" {
+		t.Errorf("order:\n%s\nwant reader 0, then the writer, then the others", log)
+	}
 }

@@ -40,6 +40,7 @@ const (
 
 	tortureBase     = "tree"
 	tortureLock     = ".#treetx." + tortureBase + ".lock"
+	tortureGate     = ".#treetx." + tortureBase + ".gate"
 	tortureRemoving = ".#treetx." + tortureBase + ".removing."
 )
 
@@ -949,15 +950,15 @@ func (tt *torture) check(r *tortRound) (problems string, ended string) {
 		// A finished transaction may leave its thrown-away tree to a
 		// detached process to delete, under a removal name: nothing else.
 		for _, name := range r.beside {
-			if name != tortureLock && name != tortureBase && !strings.HasPrefix(name, tortureRemoving) {
+			if name != tortureLock && name != tortureGate && name != tortureBase && !strings.HasPrefix(name, tortureRemoving) {
 				probs = append(probs, fmt.Sprintf("treetx run ended on its own but left %q beside the tree", name))
 			}
 		}
 	}
 	if names, err := readDirNames(tt.parent); err != nil {
 		probs = append(probs, err.Error())
-	} else if !slices.Equal(names, []string{tortureLock, tortureBase}) && !slices.Equal(names, []string{tortureBase}) {
-		probs = append(probs, fmt.Sprintf("beside the tree: %q, want only %q and %q", names, tortureLock, tortureBase))
+	} else if names = slices.DeleteFunc(names, func(n string) bool { return n == tortureLock || n == tortureGate }); !slices.Equal(names, []string{tortureBase}) {
+		probs = append(probs, fmt.Sprintf("beside the tree: %q, want only %q (and the lock files)", names, tortureBase))
 	}
 	switch {
 	case isBefore:
@@ -997,7 +998,7 @@ func (tt *torture) wipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range names {
-		if name == tortureLock {
+		if name == tortureLock || name == tortureGate {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(tt.parent, name)); err != nil {

@@ -102,3 +102,46 @@ func TestLockFileMadeByRoot(t *testing.T) {
 	wantCode(t, r, 4)
 	noLeftovers(t, parent, "tree")
 }
+
+// TestForeignOwnerIsRefused: a user other than root cannot give the
+// shadow's copy of a directory another user owns its owner. Rather than let
+// a rollback change that owner silently, treetx refuses (125, nothing
+// changed) unless --allow-owner-change says the owner may change.
+func TestForeignOwnerIsRefused(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	tmp := t.TempDir()
+	for _, d := range []string{filepath.Dir(tmp), tmp} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	parent := filepath.Join(tmp, "parent")
+	tree := filepath.Join(parent, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "rootdir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, tree, map[string]string{"f": "f\n", "rootdir/g": "g\n"})
+	// rootdir is root's but writable by nobody's group, as in a
+	// repository shared by a group: nobody can change it and delete in it.
+	sh(t, nil, "chown -R 65534:65534 "+parent+" && chown 0:65534 "+filepath.Join(tree, "rootdir")+" && chmod 775 "+filepath.Join(tree, "rootdir"))
+	before := capture(t, tree)
+	beforeParent := listing(t, parent)
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	r := invoke(t, invocation{args: runArgs(tree, script(`touch "$T/new"; exit 1`)), env: env(tree, tmp), cred: nobody, dir: "/"})
+	wantCode(t, r, 125)
+	oneLine(t, r.stderr, "rootdir", "--allow-owner-change")
+	treeimage.AssertEqual(t, "before", before, "after", capture(t, tree))
+	sameListing(t, parent, beforeParent, lockName("tree"))
+
+	r = invoke(t, invocation{args: runArgs(tree, script(`touch "$T/new"; exit 1`), "--allow-owner-change"), env: env(tree, tmp), cred: nobody, dir: "/"})
+	wantCode(t, r, 1)
+	after := capture(t, tree)
+	for i := range after {
+		if after[i].Path == "rootdir" && after[i].UID == 65534 {
+			after[i].UID = 0 // the change the flag allows
+		}
+	}
+	treeimage.AssertEqual(t, "before", before, "after the rollback (owner of rootdir aside)", after)
+	noLeftovers(t, parent, "tree")
+}

@@ -140,6 +140,13 @@ type Options struct {
 	// had or ctx is done, zero tries once, positive gives up after that
 	// long. While it waits, Acquire retries every 25ms.
 	Timeout time.Duration
+	// Gate, if set, is the path of a second lock file (created if missing,
+	// never deleted) that makes the lock fair to writers: every Acquire
+	// passes through it, and an exclusive one stays in it while it waits
+	// for the lock, so that shared holders arriving meanwhile wait behind
+	// it instead of keeping it out forever. All users of a lock that wait
+	// for it must pass the same Gate; a single try (Timeout 0) skips it.
+	Gate string
 	// Self is what an exclusive holder records in the lock file; Shared
 	// ignores it. Acquire fills its zero fields with this process's: PID
 	// with os.Getpid, Host with os.Hostname, User with the current user's
@@ -182,39 +189,26 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 	if opts.Mode != Exclusive && opts.Mode != Shared {
 		return nil, fmt.Errorf("lock %s: invalid mode %v", path, opts.Mode)
 	}
-	f := flock.New(path, flock.SetFlag(os.O_CREATE|os.O_RDONLY), flock.SetPermissions(filePerm))
-	try, tryCtx := f.TryLock, f.TryLockContext
-	if opts.Mode == Shared {
-		try, tryCtx = f.TryRLock, f.TryRLockContext
-	}
-
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("lock %s: take %v lock: %w", path, opts.Mode, err)
 	}
-	var ok bool
-	var err error
-	switch {
-	case opts.Timeout == 0:
-		ok, err = try()
-	case opts.Timeout < 0:
-		ok, err = tryCtx(ctx, retryDelay)
-	default:
-		waitCtx, cancel := context.WithTimeout(ctx, opts.Timeout)
-		ok, err = tryCtx(waitCtx, retryDelay)
-		cancel()
+	if opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, opts.Timeout, errTimeout)
+		defer cancel()
 	}
-	switch {
-	case ok:
-	case err == nil:
-		// Timeout 0, and the one try failed.
-		return nil, newHeldError(path, opts.Mode)
-	case ctx.Err() != nil:
-		// The caller gave up, not our timeout.
-		return nil, fmt.Errorf("lock %s: wait for %v lock: %w", path, opts.Mode, ctx.Err())
-	case errors.Is(err, context.DeadlineExceeded):
-		return nil, newHeldError(path, opts.Mode)
-	default:
-		return nil, fmt.Errorf("lock %s: take %v lock: %w", path, opts.Mode, err)
+	if opts.Gate != "" && opts.Timeout != 0 {
+		// Queue at the gate (a single try needs no queue); a writer keeps it while it waits for the lock,
+		// so that readers arriving meanwhile wait behind it.
+		g, err := take(ctx, opts.Gate, Exclusive, opts.Timeout == 0)
+		if err != nil {
+			return nil, gateError(err, path, opts.Mode)
+		}
+		defer g.Close()
+	}
+	f, err := take(ctx, path, opts.Mode, opts.Timeout == 0)
+	if err != nil {
+		return nil, gateError(err, path, opts.Mode)
 	}
 
 	l := &Lock{path: path, mode: opts.Mode, f: f, inheritedFD: -1}
@@ -479,3 +473,49 @@ func (e *HeldError) Error() string {
 
 // Unwrap returns ErrLocked.
 func (e *HeldError) Unwrap() error { return ErrLocked }
+
+// errTimeout is the cause of a context that Acquire's own timeout ended.
+var errTimeout = errors.New("lock timeout")
+
+// take locks the file at path (creating it 0644) in mode: once if once is
+// set, else retrying every retryDelay until ctx is done. A lock not had is
+// reported as errLockHeld.
+func take(ctx context.Context, path string, mode Mode, once bool) (*flock.Flock, error) {
+	f := flock.New(path, flock.SetFlag(os.O_CREATE|os.O_RDONLY), flock.SetPermissions(filePerm))
+	try, tryCtx := f.TryLock, f.TryLockContext
+	if mode == Shared {
+		try, tryCtx = f.TryRLock, f.TryRLockContext
+	}
+	var ok bool
+	var err error
+	if once {
+		ok, err = try()
+	} else {
+		ok, err = tryCtx(ctx, retryDelay)
+	}
+	switch {
+	case ok:
+		return f, nil
+	case err == nil, errors.Is(context.Cause(ctx), errTimeout):
+		f.Close()
+		return nil, errLockHeld
+	case ctx.Err() != nil:
+		f.Close()
+		return nil, fmt.Errorf("lock %s: wait for %v lock: %w", path, mode, ctx.Err())
+	default:
+		f.Close()
+		return nil, fmt.Errorf("lock %s: take %v lock: %w", path, mode, err)
+	}
+}
+
+// errLockHeld is take's report of a lock not had in time.
+var errLockHeld = errors.New("held")
+
+// gateError turns take's report into Acquire's: a *HeldError naming the
+// holder of the lock at path.
+func gateError(err error, path string, mode Mode) error {
+	if errors.Is(err, errLockHeld) {
+		return newHeldError(path, mode)
+	}
+	return err
+}

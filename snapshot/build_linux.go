@@ -235,8 +235,13 @@ func (b *builder) flushRecords(w *worker) error {
 // the setuid and setgid bits; mode after the attributes: setting an access
 // ACL changes the mode.
 func (b *builder) setMeta(dirfd int, name string, st *unix.Stat_t, want, have []Xattr) error {
-	if err := b.fs.Lchownat(dirfd, name, int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("chown: %w", err)
+	if err := b.fs.Lchownat(dirfd, name, int(st.Uid), int(st.Gid)); err != nil {
+		if !errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("chown: %w", err)
+		}
+		if !b.opts.AllowOwnerChange {
+			return fmt.Errorf("owner uid %d gid %d: %w (run treetx as root or as the owner, or allow it with --allow-owner-change)", st.Uid, st.Gid, ErrOwner)
+		}
 	}
 	if err := syncXattrs(b.fs, dirfd, name, have, want); err != nil {
 		return fmt.Errorf("extended attributes: %w", err)

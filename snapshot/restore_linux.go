@@ -109,9 +109,11 @@ func Restore(root string, manifest io.Reader, taken unix.Timespec, fs fsys.FS) (
 			did = true
 		}
 		// A file written in place keeps its new times, so that it still
-		// looks changed: its old content is lost.
+		// looks changed: its old content is lost. Otherwise only the atime
+		// can differ (a read); putting it back needs to own the file, so a
+		// user who does not (a shared repository) leaves it.
 		if !r.contentChanged(&st) && st.Atim != r.Atime {
-			if err := fs.Lutimesat(dirfd, base, r.Atime, r.Mtime); err != nil {
+			if err := fs.Lutimesat(dirfd, base, r.Atime, r.Mtime); err != nil && !errors.Is(err, unix.EPERM) {
 				return fmt.Errorf("restore times of %s: %w", p, err)
 			}
 			did = true

@@ -16,6 +16,7 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"github.com/treetx/treetx/internal/fsys"
@@ -41,9 +42,19 @@ type Options struct {
 	// Workers is how many directories are processed at once; zero means
 	// GOMAXPROCS.
 	Workers int
+	// AllowOwnerChange lets the shadow's directories, symlinks and copies
+	// belong to this process's user where it may not give them their
+	// source's owner (it is not root, and another user owns them): a
+	// rollback then changes their owner. Without it, Build fails there with
+	// ErrOwner.
+	AllowOwnerChange bool
 	// Logger receives debug messages. Nil discards them.
 	Logger *slog.Logger
 }
+
+// ErrOwner reports an entry whose owner the shadow cannot keep: only root
+// may give a file to another user.
+var ErrOwner = errors.New("cannot keep the owner: only root may give a file to another user")
 
 // Stats counts what Build made.
 type Stats struct {

@@ -30,6 +30,7 @@ type Names struct {
 	Base   string // its base name
 
 	Lock       string // lock file, never deleted
+	Gate       string // the lock's queue for writers (lock.Options.Gate), never deleted
 	Journal    string // the transaction's journal
 	JournalTmp string // a journal being replaced
 	Meta       string // the manifest of hard-linked files
@@ -46,7 +47,7 @@ func NamesFor(dir string) (Names, error) {
 	p := Prefix + base + "."
 	return Names{
 		Dir: dir, Parent: filepath.Dir(dir), Base: base,
-		Lock: p + "lock", Journal: p + "journal", JournalTmp: p + "journal.tmp",
+		Lock: p + "lock", Gate: p + "gate", Journal: p + "journal", JournalTmp: p + "journal.tmp",
 		Meta: p + "meta", Incomplete: p + "incomplete", Complete: p + "complete",
 	}, nil
 }
@@ -68,6 +69,7 @@ type Kind int
 const (
 	KindOther Kind = iota
 	KindLock
+	KindGate
 	KindJournal
 	KindJournalTmp
 	KindMeta
@@ -86,6 +88,8 @@ func (n Names) Classify(name string) Kind {
 	switch rest {
 	case "lock":
 		return KindLock
+	case "gate":
+		return KindGate
 	case "journal":
 		return KindJournal
 	case "journal.tmp":

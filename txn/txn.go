@@ -57,6 +57,8 @@ type Options struct {
 	Progress func(entries int64)
 	// Logger receives a debug line per step; nil discards.
 	Logger *slog.Logger
+	// AllowOwnerChange: see snapshot.Options.AllowOwnerChange.
+	AllowOwnerChange bool
 	// DeferRemoval leaves the trees that a finished transaction named for
 	// removal (the dropped shadow, the failed tree) to the caller, listed in
 	// Result.Garbage, instead of deleting them before Commit or Rollback
@@ -143,7 +145,7 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 		cmd = os.Args
 	}
 	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lock.Options{
-		Mode: lock.Exclusive, Timeout: opts.LockTimeout, Self: lock.Holder{Command: cmd},
+		Mode: lock.Exclusive, Timeout: opts.LockTimeout, Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd},
 	})
 	if err != nil {
 		return nil, err
@@ -250,7 +252,7 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 	tx.step("build shadow", n.Incomplete)
 	stats, err := snapshot.Build(n.Dir, tx.pfd, n.Incomplete, snapshot.Options{
 		Context: ctx, FS: tx.fs, Exclude: exclude, Copy: copyM, Manifest: mw,
-		Progress: opts.Progress, Logger: tx.log,
+		Progress: opts.Progress, Logger: tx.log, AllowOwnerChange: opts.AllowOwnerChange,
 	})
 	if err != nil {
 		return err
