@@ -71,9 +71,9 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *gl
 	opts := txn.RunOptions{Options: txn.Options{
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
 		LockTimeout: time.Duration(o.lockTimeout), Command: argv,
-		Logger: newLogger(g, stderr), Progress: progressPrinter(stderr),
-		DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
+		Logger: newLogger(g, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 	}}
+	opts.Progress, opts.Started = progressPrinter(stderr)
 	rr, err := txn.Run(ctx, dir, argv, opts)
 	if rr != nil && rr.Result != nil {
 		if cerr := startCleanup(rr.Result.Garbage); cerr != nil {
@@ -133,16 +133,28 @@ func report(w io.Writer, dir string, rr *txn.RunResult) {
 	}
 }
 
-// progressPrinter shows the shadow's progress when stderr is a terminal.
-func progressPrinter(w io.Writer) func(int64) {
+// progressPrinter shows the shadow's progress on one line when stderr is a
+// terminal (every 10,000 entries), and clears that line when the shadow is
+// complete, before the command starts.
+func progressPrinter(w io.Writer) (progress func(int64), started func(*txn.Tx)) {
 	f, ok := w.(*os.File)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
-		return nil
+		return nil, nil
 	}
-	return func(n int64) { fmt.Fprintf(w, "\rtreetx: shadow: %d entries\x1b[K", n) }
+	shown := false
+	progress = func(n int64) {
+		shown = true
+		fmt.Fprintf(w, "\rtreetx: building the shadow: %d entries\x1b[K", n)
+	}
+	started = func(*txn.Tx) {
+		if shown {
+			fmt.Fprint(w, "\r\x1b[K")
+		}
+	}
+	return progress, started
 }
 
 func newLogger(g *globals, w io.Writer) *slog.Logger {
