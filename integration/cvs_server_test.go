@@ -1,0 +1,384 @@
+package integration
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/treetx/treetx/internal/treeimage"
+)
+
+// cvsScript is the path of a script in scripts/, which must be executable.
+func cvsScript(t *testing.T, name string) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(root, "scripts", name)
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm()&0o111 == 0 {
+		t.Fatalf("scripts/%s is missing or not executable: %v", name, err)
+	}
+	return p
+}
+
+// withTreetxInPath puts the directory of the treetx binary first in PATH,
+// as installing it in /usr/local/bin does.
+func withTreetxInPath(env []string) []string {
+	return append(env, "PATH="+filepath.Dir(treetxPath)+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
+// cvsClient is a cvs client process; its output goes to a file.
+type cvsClient struct {
+	cmd *exec.Cmd
+	out string
+}
+
+// forkClient is "cvs -d :fork:ROOT ARGS" run in the working copy, with
+// CVS_SERVER=server (the client runs "$CVS_SERVER server" as its child)
+// and extra in its environment.
+func (r *cvsRepo) forkClient(t *testing.T, root, server string, extra []string, args ...string) *cvsClient {
+	t.Helper()
+	cmd := exec.Command("cvs", append([]string{"-d", ":fork:" + root}, args...)...)
+	cmd.Dir = r.work
+	cmd.Env = append(withTreetxInPath(cvsEnviron(r.base, "CVS_SERVER="+server)), extra...)
+	out := filepath.Join(t.TempDir(), "out")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	cmd.Stdout, cmd.Stderr = f, f
+	return &cvsClient{cmd: cmd, out: out}
+}
+
+// output is what the client wrote so far.
+func (c *cvsClient) output(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(c.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// run runs the client to the end and returns its output and exit status.
+func (c *cvsClient) run(t *testing.T) (string, int) {
+	t.Helper()
+	err := c.cmd.Run()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return c.output(t), ee.ExitCode()
+		}
+		t.Fatalf("cvs client: %v", err)
+	}
+	return c.output(t), 0
+}
+
+// TestCVSServerWrapper: scripts/cvs-server-atomic as CVS_SERVER of a
+// :fork: client (what ssh runs for :ext:) makes the whole client session
+// one transaction on the repository it is configured for.
+func TestCVSServerWrapper(t *testing.T) {
+	t.Parallel()
+	requireTool(t, "cvs")
+	server := cvsScript(t, "cvs-server-atomic")
+
+	t.Run("not configured", func(t *testing.T) {
+		t.Parallel()
+		r := newCVSRepo(t, cvsSmall)
+		before := capture(t, r.root)
+		for _, tt := range []struct {
+			env  []string
+			want string
+		}{
+			{[]string{"TREETX_CVS_CONF=" + filepath.Join(r.base, "none")}, "cvs-server-atomic: no repository: set TREETX_CVSROOT"},
+			{[]string{"TREETX_CVSROOT=tree"}, "must be an absolute path"},
+			{[]string{"TREETX_CVSROOT=" + r.base}, "is not a CVS repository"},
+		} {
+			r.appendTo(t, "/* not committed */\n", "m1/d1/f1.c")
+			out, code := r.forkClient(t, r.root, server, tt.env, "-Q", "commit", "-m", "x", "m1").run(t)
+			if code == 0 {
+				t.Errorf("with %q the client exited 0:\n%s", tt.env, out)
+			}
+			contains(t, "the client's output", out, tt.want)
+		}
+		treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
+		if exists(filepath.Join(r.parent, lockName("tree"))) {
+			t.Errorf("treetx ran")
+		}
+		// Run by hand: exit 64 and one line.
+		cmd := exec.Command(server, "server")
+		cmd.Env = withTreetxInPath(cvsEnviron(r.base, "TREETX_CVS_CONF="+filepath.Join(r.base, "none")))
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 64 {
+			t.Errorf("cvs-server-atomic without a repository: %v, want exit 64", err)
+		}
+		oneLine(t, stderr.String(), "cvs-server-atomic: no repository: set TREETX_CVSROOT", filepath.Join(r.base, "none"))
+	})
+
+	// The README's client commands, with a configuration file standing for
+	// /etc/treetx/cvsroot; for :ext:, a stand-in for ssh runs the command
+	// here, as ssh runs it on the host.
+	for _, line := range []string{
+		`CVS_SERVER=/usr/local/bin/cvs-server-atomic cvs -d :fork:/srv/cvsroot commit -m "fix" m1 m2 m3`,
+		`CVS_RSH=ssh CVS_SERVER=/usr/local/bin/cvs-server-atomic cvs -d :ext:cvs.example.org:/srv/cvsroot commit -m "fix" m1 m2 m3`,
+	} {
+		name := ":fork: client"
+		if strings.Contains(line, ":ext:") {
+			name = ":ext: client through ssh"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			r := newCVSRepo(t, cvsSmall)
+			writeFiles(t, r.base, map[string]string{
+				"cvsroot": "# the repository cvs-server-atomic protects\n\n" + r.root + "\n",
+				"ssh":     fakeSSH,
+			})
+			if err := os.Chmod(filepath.Join(r.base, "ssh"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			c := readmeCmd(t, line, r.work, "/srv/cvsroot", r.root, "/usr/local/bin/cvs-server-atomic", server, "CVS_RSH=ssh", "CVS_RSH="+filepath.Join(r.base, "ssh"))
+			r.appendTo(t, "/* through the wrapper */\n", "m1/d1/f1.c", "m3/d3/d4/f1.c")
+			client := exec.Command(c.argv[0], c.argv[1:]...)
+			client.Dir = r.work
+			client.Env = append(withTreetxInPath(cvsEnviron(r.base, "TREETX_CVS_CONF="+filepath.Join(r.base, "cvsroot"))), c.env...)
+			if out, err := client.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", line, err, out)
+			}
+			if !exists(filepath.Join(r.parent, lockName("tree"))) {
+				t.Errorf("the commit did not go through treetx: no lock file beside the repository")
+			}
+			noLeftovers(t, r.parent, "tree")
+			r.check(t, r.files)
+		})
+	}
+
+	t.Run("another root is refused", func(t *testing.T) {
+		t.Parallel()
+		r := newCVSRepo(t, cvsSmall)
+		other := r.copy(t)
+		before, beforeOther := capture(t, r.root), capture(t, other.root)
+		r.appendTo(t, "/* not committed */\n", "m1/d1/f1.c")
+		out, code := r.forkClient(t, other.root, server, []string{"TREETX_CVSROOT=" + r.root}, "-Q", "commit", "-m", "x", "m1").run(t)
+		if code == 0 {
+			t.Errorf("a client naming another repository exited 0:\n%s", out)
+		}
+		contains(t, "the client's output", out, "Bad root "+other.root)
+		treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
+		treeimage.AssertEqual(t, "the other before", beforeOther, "after", capture(t, other.root))
+		// An --allow-root for another repository (an inetd line for
+		// pserver) is refused before cvs runs.
+		cmd := exec.Command(server, "--allow-root="+other.root, "pserver")
+		cmd.Env = withTreetxInPath(cvsEnviron(r.base, "TREETX_CVSROOT="+r.root))
+		b, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 64 {
+			t.Errorf("--allow-root=%s: %v, want exit 64", other.root, err)
+		}
+		contains(t, "output", string(b), "is not the repository "+r.root)
+	})
+
+	// Killing the client in the middle of a large commit: without the
+	// wrapper, the server, cut off, stops where it is; with it, the
+	// session is rolled back.
+	for _, wrapped := range []bool{false, true} {
+		name := "client killed mid-commit, without treetx"
+		if wrapped {
+			name = "client killed mid-commit"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			if testing.Short() && !wrapped {
+				t.Skip("a demonstration (-short)")
+			}
+			r := newCVSRepo(t, cvsLarge)
+			want := maps.Clone(r.files)
+			for p := range r.files {
+				r.appendTo(t, "/* large commit */\n", p)
+			}
+			before := capture(t, r.root)
+			srv := "cvs"
+			if wrapped {
+				srv = server
+			}
+			w := watchRewrites(t, r.root)
+			c := r.forkClient(t, r.root, srv, []string{"TREETX_CVSROOT=" + r.root}, "-Q", "commit", "-m", "large commit", "big")
+			client := c.cmd
+			if err := client.Start(); err != nil {
+				t.Fatal(err)
+			}
+			w.await(t, 100, func() bool { return processGone(client.Process.Pid) })
+			serverPIDs := children(t, client.Process.Pid)
+			client.Process.Kill()
+			client.Wait()
+			if !wrapped {
+				waitFor(t, "the server to exit", 20*time.Second, func() bool {
+					for _, pid := range serverPIDs {
+						if !processGone(pid) {
+							return false
+						}
+					}
+					return true
+				})
+				t.Logf("client killed without treetx: %s", countHeads(t, r, slices.Collect(maps.Keys(want))))
+				return
+			}
+			// The transaction is over when its lock is free.
+			res := treetx(t, nil, "lock", "--lock-timeout", "20s", r.root, "--", "true")
+			wantCode(t, res, 0)
+			contains(t, "the client's stderr, which the server shares", c.output(t), "treetx: command exited with status 1: rolled back")
+			treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
+			noLeftovers(t, r.parent, "tree")
+			r.check(t, want)
+		})
+	}
+}
+
+// inetd accepts connections on a port of 127.0.0.1 until the test ends,
+// and runs for each the program argv[0] with the argument vector argv[1:]
+// (its own argv[0] first), the connection as its standard input and output,
+// its standard error to the returned file, with env as its environment:
+// what inetd does with the line "cvspserver stream tcp nowait root ARGV".
+func inetd(t *testing.T, env []string, argv ...string) (port int, stderr string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr = filepath.Join(t.TempDir(), "stderr")
+	errf, err := os.Create(stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+		errf.Close()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			f, err := c.(*net.TCPConn).File()
+			c.Close()
+			if err != nil {
+				continue
+			}
+			cmd := exec.Command(argv[0], argv[2:]...)
+			cmd.Args[0] = argv[1]
+			cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = f, f, errf, env
+			err = cmd.Start()
+			f.Close()
+			if err == nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); cmd.Wait() }()
+			}
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port, stderr
+}
+
+// TestCVSPserverWrapper: scripts/cvs-server-atomic started by inetd as
+// "cvs-server-atomic --allow-root=ROOT pserver": a commit through pserver
+// is committed by treetx, and a client killed in the middle of a large
+// commit leaves the repository as it was.
+func TestCVSPserverWrapper(t *testing.T) {
+	t.Parallel()
+	requireTool(t, "cvs")
+	requireRoot(t)
+	server := cvsScript(t, "cvs-server-atomic")
+	for _, tt := range []struct {
+		name string
+		kill bool
+	}{{"commit", false}, {"client killed mid-commit", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := newCVSRepo(t, cvsLarge)
+			want := maps.Clone(r.files)
+			// The pserver user anon, any password, works as nobody.
+			writeFiles(t, r.root, map[string]string{"CVSROOT/passwd": "anon::nobody\n"})
+			r.forNobody(t)
+			// The repository in a file standing for /etc/treetx/cvsroot.
+			writeFiles(t, r.base, map[string]string{"cvsroot": r.root + "\n"})
+			argv := readmeInetd(t, "cvspserver stream tcp nowait root /usr/local/bin/cvs-server-atomic cvs-server-atomic --allow-root=/srv/cvsroot pserver", "/srv/cvsroot", r.root, "/usr/local/bin/cvs-server-atomic", server)
+			port, serverErr := inetd(t, withTreetxInPath([]string{"TREETX_CVS_CONF=" + filepath.Join(r.base, "cvsroot")}), argv...)
+			cvsroot := fmt.Sprintf(":pserver:anon@127.0.0.1:%d%s", port, r.root)
+			// What cvs login writes for the empty password.
+			writeFiles(t, r.base, map[string]string{"cvspass": "/1 " + cvsroot + " A\n"})
+			env := cvsEnviron(r.base, "CVS_PASSFILE="+filepath.Join(r.base, "cvspass"))
+			if tt.kill {
+				for p := range r.files {
+					r.appendTo(t, "/* large commit */\n", p)
+				}
+			} else {
+				r.appendTo(t, "/* through pserver */\n", "big/a/f1.c", "big/h/i/f2.c")
+				want = r.files
+			}
+			before := capture(t, r.root)
+			w := watchRewrites(t, r.root)
+			client := exec.Command("cvs", "-Q", "-d", cvsroot, "commit", "-m", "through pserver", "big")
+			client.Dir, client.Env = r.work, env
+			out, err := os.Create(filepath.Join(r.base, "client.out"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer out.Close()
+			client.Stdout, client.Stderr = out, out
+			if err := client.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if tt.kill {
+				w.await(t, 100, func() bool { return processGone(client.Process.Pid) })
+				client.Process.Kill()
+				client.Wait()
+			} else if err := client.Wait(); err != nil {
+				b, _ := os.ReadFile(out.Name())
+				t.Fatalf("the client: %v\n%s", err, b)
+			}
+			// The transaction is over when its lock is free.
+			wantCode(t, treetx(t, nil, "lock", "--lock-timeout", "20s", r.root, "--", "true"), 0)
+			b, _ := os.ReadFile(serverErr)
+			if tt.kill {
+				contains(t, "the server's stderr", string(b), "rolled back")
+				treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
+			} else if strings.Contains(string(b), "treetx") {
+				// (cvs pserver reads CVSROOT/config twice, and warns
+				// that each setting is a duplicate of itself.)
+				t.Errorf("the server's stderr:\n%s", b)
+			}
+			if !exists(filepath.Join(r.parent, lockName("tree"))) {
+				t.Errorf("the session did not go through treetx: no lock file beside the repository")
+			}
+			noLeftovers(t, r.parent, "tree")
+			r.check(t, want)
+		})
+	}
+}
+
+// fakeSSH stands in for ssh as cvs runs it for :ext: ("ssh [-l USER] HOST
+// COMMAND..."): it runs COMMAND here, through sh, as sshd does on HOST.
+const fakeSSH = `#!/bin/sh
+while [ $# -gt 0 ]; do
+	case $1 in
+	-l | -p | -o | -i) shift 2 ;;
+	-*) shift ;;
+	*) break ;;
+	esac
+done
+shift
+exec sh -c "$*"
+`
