@@ -164,40 +164,24 @@ func (b *builder) post(n *dirNode) error {
 
 // entry makes the shadow of one entry that is not a directory.
 func (b *builder) entry(w *worker, srcPath string, srcFd, dstFd int, e dirent, rel string) error {
-	full := filepath.Join(srcPath, e.name)
-	var st unix.Stat_t
 	if e.typ == os.ModeSymlink {
-		target, err := readlinkAt(srcFd, e.name)
-		if err != nil {
-			return fmt.Errorf("snapshot: readlink %s: %w", full, err)
-		}
-		if err := lstatAt(srcFd, e.name, &st); err != nil {
-			return fmt.Errorf("snapshot: stat %s: %w", full, err)
-		}
-		want, err := w.xbuf.ofPath(full)
-		if err != nil {
-			return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
-		}
-		if err := b.fs.Symlinkat(target, dstFd, e.name); err != nil {
-			return fmt.Errorf("snapshot: symlink shadow of %s: %w", full, err)
-		}
-		b.symlinks.Add(1)
-		if err := b.setMeta(dstFd, e.name, &st, want, nil); err != nil {
-			return fmt.Errorf("snapshot: shadow of %s: %w", full, err)
-		}
-		return nil
+		return b.symlink(w, filepath.Join(srcPath, e.name), srcFd, dstFd, e.name)
 	}
 	if e.typ == 0 && b.opts.Copy.Match(rel) {
 		if err := b.copyFile(w, srcFd, dstFd, e.name); err != nil {
-			return fmt.Errorf("snapshot: copy %s: %w", full, err)
+			return fmt.Errorf("snapshot: copy %s: %w", filepath.Join(srcPath, e.name), err)
 		}
 		b.copies.Add(1)
 		return nil
 	}
+	// The link loop: the entry's full path is made only for an error or a
+	// file with extended attributes.
+	var st unix.Stat_t
 	if err := lstatAt(srcFd, e.name, &st); err != nil {
-		return fmt.Errorf("snapshot: stat %s: %w", full, err)
+		return fmt.Errorf("snapshot: stat %s: %w", filepath.Join(srcPath, e.name), err)
 	}
 	if err := b.fs.Linkat(srcFd, e.name, dstFd, e.name); err != nil {
+		full := filepath.Join(srcPath, e.name)
 		if errors.Is(err, unix.EMLINK) {
 			return fmt.Errorf("snapshot: link %s: %w (the file system's limit on links to one file; exclude it or list it with --copy)", full, err)
 		}
@@ -206,10 +190,34 @@ func (b *builder) entry(w *worker, srcPath string, srcFd, dstFd int, e dirent, r
 	b.links.Add(1)
 	rec := recordOf(rel, &st)
 	var err error
-	if rec.Xattrs, err = w.xbuf.ofAt(srcFd, e.name, full); err != nil {
-		return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
+	if rec.Xattrs, err = w.xbuf.ofAt(srcFd, srcPath, e.name); err != nil {
+		return fmt.Errorf("snapshot: extended attributes of %s: %w", filepath.Join(srcPath, e.name), err)
 	}
 	w.records = append(w.records, rec)
+	return nil
+}
+
+// symlink recreates the symlink name (at full) of srcFd in dstFd.
+func (b *builder) symlink(w *worker, full string, srcFd, dstFd int, name string) error {
+	var st unix.Stat_t
+	target, err := readlinkAt(srcFd, name)
+	if err != nil {
+		return fmt.Errorf("snapshot: readlink %s: %w", full, err)
+	}
+	if err := lstatAt(srcFd, name, &st); err != nil {
+		return fmt.Errorf("snapshot: stat %s: %w", full, err)
+	}
+	want, err := w.xbuf.ofPath(full)
+	if err != nil {
+		return fmt.Errorf("snapshot: extended attributes of %s: %w", full, err)
+	}
+	if err := b.fs.Symlinkat(target, dstFd, name); err != nil {
+		return fmt.Errorf("snapshot: symlink shadow of %s: %w", full, err)
+	}
+	b.symlinks.Add(1)
+	if err := b.setMeta(dstFd, name, &st, want, nil); err != nil {
+		return fmt.Errorf("snapshot: shadow of %s: %w", full, err)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"bytes"
 	"errors"
+	"path/filepath"
 	"slices"
 	"strings"
 	"unsafe"
@@ -73,12 +74,14 @@ func (b *xattrBuf) ofFd(fd int) ([]Xattr, error) {
 		func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) })
 }
 
-// ofAt reads the attributes of name in dirfd, not following a symlink, with
-// listxattrat (Linux 6.13) where the kernel has it; full is name's path, for
-// older kernels.
-func (b *xattrBuf) ofAt(dirfd int, name, full string) ([]Xattr, error) {
+// ofAt reads the attributes of name in dirfd (the directory dir), not
+// following a symlink. It lists them with listxattrat (Linux 6.13), which
+// answers the common case, no attributes, in one system call; it reads them
+// by path otherwise, and on older kernels.
+func (b *xattrBuf) ofAt(dirfd int, dir, name string) ([]Xattr, error) {
+	full := func() string { return filepath.Join(dir, name) }
 	if b.noAt {
-		return b.ofPath(full)
+		return b.ofPath(full())
 	}
 	p, err := unix.BytePtrFromString(name)
 	if err != nil {
@@ -92,11 +95,11 @@ func (b *xattrBuf) ofAt(dirfd int, name, full string) ([]Xattr, error) {
 	switch {
 	case errno == unix.ENOSYS:
 		b.noAt = true
-		return b.ofPath(full)
+		return b.ofPath(full())
 	case errno == 0 && n == 0:
-		return nil, nil // the common case, in one system call
+		return nil, nil
 	}
-	return b.ofPath(full)
+	return b.ofPath(full())
 }
 
 // ofPath reads the attributes of path, not following a symlink.

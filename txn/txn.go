@@ -292,9 +292,6 @@ func (tx *Tx) Dir() string { return tx.n.Dir }
 // ID is the transaction's id, as its journal records it.
 func (tx *Tx) ID() string { return tx.j.ID }
 
-// Journal returns a copy of the transaction's journal as last written.
-func (tx *Tx) Journal() Journal { return tx.j }
-
 // LockFile returns a new descriptor of the transaction's lock, for a child
 // process to inherit (exec.Cmd.ExtraFiles): the lock then stays held until
 // the child and every descendant that inherited it have exited, even if this
