@@ -23,6 +23,7 @@ type runOptions struct {
 	noCVSCopies bool
 	waitCleanup bool
 	ownerChange bool
+	fullCheck   bool
 }
 
 func newRunCommand(g *globals) *cobra.Command {
@@ -63,6 +64,7 @@ written in place whose old content is lost; 64 for a bad command line.`,
 	f.StringArrayVar(&o.copy, "copy", nil, "give files matching `GLOB` a real copy in the shadow, for programs that write them in place (repeatable)")
 	f.BoolVar(&o.ownerChange, "allow-owner-change", false, "as a user other than root, let a rollback give you directories and CVS files that another user owns (else such a tree is refused)")
 	f.BoolVar(&o.waitCleanup, "wait-cleanup", false, "delete the thrown-away tree before exiting, instead of in a detached process")
+	f.BoolVar(&o.fullCheck, "full-check", false, "at the end, check every linked file for writes in place and changed metadata, not only those the file-system watch saw touched (as root)")
 	f.BoolVar(&o.noCVSCopies, "no-cvs-copies", false, "in a CVS repository, do not copy CVSROOT/history, CVSROOT/val-tags and CVS/fileattr by default")
 	return c
 }
@@ -72,6 +74,7 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *gl
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
 		LockTimeout: time.Duration(o.lockTimeout), Command: argv,
 		Logger: newLogger(g, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
+		FullCheck: o.fullCheck,
 	}}
 	opts.Progress, opts.Started = progressPrinter(stderr)
 	rr, err := txn.Run(ctx, dir, argv, opts)

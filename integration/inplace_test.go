@@ -103,3 +103,25 @@ func TestInPlaceWriteCopyProtects(t *testing.T) {
 		})
 	}
 }
+
+// TestWatchAndFullCheckAgree: run as root, treetx checks only the files the
+// file-system watch saw touched (-v says how many); --full-check checks
+// every file. Both find the write in place, restore a chmod and a chown of
+// linked files, and say the same.
+func TestWatchAndFullCheckAgree(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	const s = `echo x >> "$T/file"; chmod 4700 "$T/keep.txt"; chown 65534 "$T/sub/g"; exit 1`
+	for _, flags := range [][]string{nil, {"--full-check"}} {
+		_, tree := newTree(t, inPlaceFiles)
+		notFile := treeimage.Options{Ignore: func(p string) bool { return p == "file" }}
+		before := treeimage.MustCapture(t, tree, notFile)
+		r := treetx(t, env(tree, t.TempDir()), append([]string{"-v"}, runArgs(tree, script(s), flags...)...)...)
+		wantCode(t, r, 125)
+		contains(t, "stderr", r.stderr, "lost old content: file")
+		treeimage.AssertEqual(t, "before", before, "after rollback "+strings.Join(flags, " "), treeimage.MustCapture(t, tree, notFile))
+		if watched := strings.Contains(r.stderr, `msg="file-system watch"`); watched == (flags != nil) {
+			t.Errorf("flags %q: file-system watch used: %v\n%s", flags, watched, r.stderr)
+		}
+	}
+}

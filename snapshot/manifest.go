@@ -2,10 +2,13 @@ package snapshot
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -61,6 +64,8 @@ type ManifestWriter struct {
 	w     *bufio.Writer
 	buf   []byte
 	count int64
+	off   int64 // bytes written
+	index *Index
 	err   error
 }
 
@@ -68,8 +73,30 @@ type ManifestWriter struct {
 // the records.
 func NewManifestWriter(w io.Writer) *ManifestWriter {
 	m := &ManifestWriter{w: bufio.NewWriterSize(w, 256<<10)}
-	_, m.err = m.w.WriteString(manifestHeader + "\n")
+	m.write([]byte(manifestHeader + "\n"))
 	return m
+}
+
+// KeepIndex makes the writer index the records it writes from now on, by
+// inode (16 bytes a record): see Index.
+func (m *ManifestWriter) KeepIndex() { m.index = &Index{} }
+
+// Index returns the index of the records written, or nil without
+// KeepIndex. Call it after Close.
+func (m *ManifestWriter) Index() *Index {
+	if m.index != nil && !m.index.sorted {
+		slices.SortFunc(m.index.ents, func(a, b indexEnt) int { return cmp.Compare(a.ino, b.ino) })
+		m.index.sorted = true
+	}
+	return m.index
+}
+
+func (m *ManifestWriter) write(b []byte) {
+	if m.err == nil {
+		var n int
+		n, m.err = m.w.Write(b)
+		m.off += int64(n)
+	}
 }
 
 // Add appends one record.
@@ -97,7 +124,10 @@ func (m *ManifestWriter) Add(r Record) error {
 	b = appendEscaped(b, r.Path, "")
 	b = append(b, '\n')
 	m.buf = b
-	_, m.err = m.w.Write(b)
+	if m.index != nil {
+		m.index.ents = append(m.index.ents, indexEnt{r.Ino, m.off})
+	}
+	m.write(b)
 	m.count++
 	return m.err
 }
@@ -173,6 +203,90 @@ func appendEscaped(b []byte, s, extra string) []byte {
 		b = append(b, '\\', '0', '0'+c>>6, '0'+(c>>3)&7, '0'+c&7)
 	}
 	return b
+}
+
+// Index locates the records of a manifest by inode, so that the records of
+// a few files can be read without reading the whole manifest.
+type Index struct {
+	ents   []indexEnt // sorted by ino once sorted
+	sorted bool
+}
+
+type indexEnt struct {
+	ino uint64
+	off int64 // of the record's line
+}
+
+// Records yields manifest records, in some order, to fn; it stops at fn's
+// first error and returns it.
+type Records func(fn func(Record) error) error
+
+// AllRecords yields every record of the manifest in r, in order (see
+// ReadManifest).
+func AllRecords(r io.Reader) Records {
+	return func(fn func(Record) error) error { return ReadManifest(r, fn) }
+}
+
+// RecordsOf yields the records of the inodes inos (sorted) that idx, the
+// index of the manifest in r, has; inodes it does not have are not the
+// manifest's. The records come in the manifest's order, so that those of one
+// directory come together.
+func RecordsOf(r io.ReaderAt, idx *Index, inos []uint64) Records {
+	return func(fn func(Record) error) error {
+		var sel []indexEnt
+		ents := idx.ents
+		for _, ino := range inos {
+			i, _ := slices.BinarySearchFunc(ents, ino, func(e indexEnt, ino uint64) int { return cmp.Compare(e.ino, ino) })
+			ents = ents[i:]
+			for ; len(ents) > 0 && ents[0].ino == ino; ents = ents[1:] {
+				sel = append(sel, ents[0])
+			}
+		}
+		slices.SortFunc(sel, func(a, b indexEnt) int { return cmp.Compare(a.off, b.off) })
+		var line []byte
+		for _, e := range sel {
+			var err error
+			if line, err = readLine(r, e.off, line); err != nil {
+				return fmt.Errorf("read manifest at byte %d: %w", e.off, err)
+			}
+			rec, err := parseRecord(string(line))
+			if err == nil && rec.Ino != e.ino {
+				err = fmt.Errorf("inode %d, the index says %d", rec.Ino, e.ino)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: byte %d: %v", ErrManifestCorrupt, e.off, err)
+			}
+			if err := fn(rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// readLine reads the line at off in r, without its newline, into buf.
+func readLine(r io.ReaderAt, off int64, buf []byte) ([]byte, error) {
+	size := 512
+	for {
+		if cap(buf) < size {
+			buf = make([]byte, size)
+		}
+		buf = buf[:size]
+		n, err := r.ReadAt(buf, off)
+		if i := bytes.IndexByte(buf[:n], '\n'); i >= 0 {
+			return buf[:i], nil
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		if size >= 1<<20 {
+			return nil, errors.New("line longer than 1 MiB")
+		}
+		size *= 4
+	}
 }
 
 // ErrManifestCorrupt reports a manifest that cannot be trusted.

@@ -120,3 +120,50 @@ func TestMatcher(t *testing.T) {
 		t.Error("nil Matcher matched")
 	}
 }
+
+// TestRecordsOfFindsEachInodesRecords reads records by inode through the
+// index: every record of an inode (hard links within the tree), none for an
+// inode the manifest does not have, long lines whole, all in the manifest's
+// order; a record that is not where the index says is refused.
+func TestRecordsOfFindsEachInodesRecords(t *testing.T) {
+	long := strings.Repeat("d/", 600) + "long"
+	recs := []Record{
+		{Path: "a", Ino: 30, Mode: 0o644},
+		{Path: "b", Ino: 10, Mode: 0o600},
+		{Path: long, Ino: 20, Mode: 0o644, Size: 7},
+		{Path: "a-link", Ino: 30, Mode: 0o644},
+		{Path: "c", Ino: 40, Mode: 0o444},
+	}
+	var buf bytes.Buffer
+	w := NewManifestWriter(&buf)
+	w.KeepIndex()
+	for _, r := range recs {
+		if err := w.Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	idx := w.Index()
+	var paths []string
+	err := RecordsOf(bytes.NewReader(buf.Bytes()), idx, []uint64{5, 20, 30, 40, 99})(func(r Record) error {
+		paths = append(paths, r.Path)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a", long, "a-link", "c"}; !reflect.DeepEqual(paths, want) {
+		t.Errorf("records of 5, 20, 30, 40, 99: %q, want %q", paths, want)
+	}
+	// The same index on a manifest whose records moved.
+	moved := strings.Replace(buf.String(), "\n", "\n\n", 2)
+	err = RecordsOf(strings.NewReader(moved), idx, []uint64{10})(func(Record) error { return nil })
+	if !errors.Is(err, ErrManifestCorrupt) {
+		t.Errorf("record not where the index says: %v, want ErrManifestCorrupt", err)
+	}
+	if new := NewManifestWriter(&buf); new.Index() != nil {
+		t.Error("an index without KeepIndex")
+	}
+}

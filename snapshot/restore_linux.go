@@ -3,7 +3,6 @@ package snapshot
 import (
 	"errors"
 	"fmt"
-	"io"
 	"path"
 	"strings"
 
@@ -12,16 +11,17 @@ import (
 	"github.com/treetx/treetx/internal/fsys"
 )
 
-// Changed lists the hard-linked files of the shadow at root whose content was
-// written in place since the manifest was taken: their size or mtime differs
-// from the record. The old content of such a file is lost, since the shadow
-// shares its inode. A recorded file that is missing from the shadow, or is
-// another inode, is an error: nothing but treetx changes a shadow by name.
-func Changed(root string, manifest io.Reader) ([]string, error) {
+// Changed lists the hard-linked files among recs of the shadow at root whose
+// content was written in place since the manifest was taken: their size or
+// mtime differs from the record. The old content of such a file is lost,
+// since the shadow shares its inode. A recorded file that is missing from
+// the shadow, or is another inode, is an error: nothing but treetx changes a
+// shadow by name.
+func Changed(root string, recs Records) ([]string, error) {
 	var changed []string
 	c := dirCursor{root: root, fd: -1}
 	defer c.close()
-	err := ReadManifest(manifest, func(r Record) error {
+	err := recs(func(r Record) error {
 		var st unix.Stat_t
 		p := joinRel(root, r.Path)
 		dirfd, base, err := c.at(r.Path)
@@ -42,8 +42,9 @@ func Changed(root string, manifest io.Reader) ([]string, error) {
 	return changed, err
 }
 
-// Restore gives every hard-linked file of the tree at root the mode, owner,
-// extended attributes and times the manifest recorded, where they differ; a
+// Restore gives the hard-linked files of recs in the tree at root the mode,
+// owner, extended attributes and times the manifest recorded, where they
+// differ; a
 // file written in place (size or mtime changed) keeps its times. It is
 // idempotent. A record whose path is missing or is another inode is skipped
 // and counted in skipped: that happens only when root is not the shadow the
@@ -54,14 +55,14 @@ func Changed(root string, manifest io.Reader) ([]string, error) {
 // to an inode sets its ctime, so an older ctime means the attributes are as
 // recorded. This saves a listxattr per file; it relies on the clock not
 // being set back during the transaction.
-func Restore(root string, manifest io.Reader, taken unix.Timespec, fs fsys.FS) (restored, skipped int64, err error) {
+func Restore(root string, recs Records, taken unix.Timespec, fs fsys.FS) (restored, skipped int64, err error) {
 	if fs == nil {
 		fs = fsys.OS{}
 	}
 	var xb xattrBuf
 	c := dirCursor{root: root, fd: -1}
 	defer c.close()
-	err = ReadManifest(manifest, func(r Record) error {
+	err = recs(func(r Record) error {
 		var st unix.Stat_t
 		p := joinRel(root, r.Path)
 		dirfd, base, err := c.at(r.Path)

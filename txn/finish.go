@@ -34,6 +34,7 @@ func (tx *Tx) Commit() (*Result, error) {
 		if err := tx.expectShadowAt(n.Complete); err != nil {
 			return res, fmt.Errorf("commit: %w", err)
 		}
+		tx.stopWatch()
 		inPlace, err := tx.changed(n.Complete)
 		if err != nil {
 			return res, fmt.Errorf("commit: %w", err)
@@ -80,6 +81,7 @@ func (tx *Tx) Rollback() (*Result, error) {
 		if err := tx.expectShadowAt(n.Complete); err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
+		tx.stopWatch()
 		lost, err := tx.changed(n.Complete)
 		if err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
@@ -215,21 +217,52 @@ func (tx *Tx) expectShadowAt(name string) error {
 	return nil
 }
 
+// stopWatch ends the file-system watch, if there is one, and keeps the
+// inodes it saw touched as the only ones to check. Events are queued before
+// the system call that causes them returns, so the watch has seen all that
+// the command did once it has exited. Without a complete list, every linked
+// file is checked.
+func (tx *Tx) stopWatch() {
+	if tx.watch == nil {
+		return
+	}
+	inos, err := tx.watch.Stop()
+	tx.watch = nil
+	if err != nil {
+		tx.log.Debug("file-system watch incomplete: every linked file is checked", "err", err)
+		return
+	}
+	tx.touched, tx.all = inos, false
+	tx.log.Debug("file-system watch", "files touched", len(inos))
+}
+
+// records opens the manifest and returns the records to check: every one,
+// or those of the files the watch saw touched. The caller closes f.
+func (tx *Tx) records() (f *os.File, recs snapshot.Records, err error) {
+	if f, err = os.Open(tx.n.Path(tx.n.Meta)); err != nil {
+		return nil, nil, fmt.Errorf("open manifest: %w", err)
+	}
+	if tx.all {
+		return f, snapshot.AllRecords(f), nil
+	}
+	return f, snapshot.RecordsOf(f, tx.index, tx.touched), nil
+}
+
 // changed lists the linked files of the shadow at name written in place.
 func (tx *Tx) changed(name string) ([]string, error) {
-	f, err := os.Open(tx.n.Path(tx.n.Meta))
+	f, recs, err := tx.records()
 	if err != nil {
-		return nil, fmt.Errorf("open manifest: %w", err)
+		return nil, err
 	}
 	defer f.Close()
-	return snapshot.Changed(tx.n.Path(name), f)
+	return snapshot.Changed(tx.n.Path(name), recs)
 }
 
 // restore gives the linked files under root their recorded metadata.
 func (tx *Tx) restore(root string) error {
-	f, err := os.Open(tx.n.Path(tx.n.Meta))
+	f, recs, err := tx.records()
 	if err != nil {
-		return fmt.Errorf("open manifest: %w", err)
+		return err
 	}
 	defer f.Close()
 	var st unix.Stat_t
@@ -237,7 +270,7 @@ func (tx *Tx) restore(root string) error {
 		return fmt.Errorf("stat manifest: %w", err)
 	}
 	tx.step("restore metadata", root)
-	restored, skipped, err := snapshot.Restore(root, f, st.Mtim, tx.fs)
+	restored, skipped, err := snapshot.Restore(root, recs, st.Mtim, tx.fs)
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/fswatch"
 	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
@@ -66,6 +67,13 @@ type Options struct {
 	// Trees left so are garbage under any lock: RemoveGarbage, a later
 	// transaction, recovery or gc deletes them.
 	DeferRemoval bool
+	// FullCheck checks every hard-linked file for writes in place and
+	// changed metadata at the end, as recovery does. Without it, where the
+	// kernel allows a file-system watch (fanotify, for root), only the files
+	// some process opened, read, wrote or changed the attributes of while
+	// the transaction ran are checked, so that Commit and Rollback take a
+	// time that grows with what the command touched, not with the tree.
+	FullCheck bool
 }
 
 // Tx is a transaction on one directory. It holds the directory's exclusive
@@ -81,6 +89,15 @@ type Tx struct {
 	deferRm bool
 	garbage []string // trees named for removal, when deferRm
 	done    bool
+
+	// watch sees which files are touched from the build on; index finds
+	// their manifest records. Both nil without a watch.
+	watch *fswatch.Watch
+	index *snapshot.Index
+	// touched lists the inodes to check at the end (sorted), once the watch
+	// is stopped; all is set where every file must be checked.
+	touched []uint64
+	all     bool
 }
 
 // Result says what a finished transaction found.
@@ -219,7 +236,7 @@ func newTx(n Names, lk *lock.Lock, fs fsys.FS, log *slog.Logger) *Tx {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Tx{n: n, fs: fs, lk: lk, pfd: -1, log: log}
+	return &Tx{n: n, fs: fs, lk: lk, pfd: -1, log: log, all: true}
 }
 
 // build fills the shadow and writes the manifest.
@@ -249,6 +266,18 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 	}
 	defer unix.Close(mfd)
 	mw := snapshot.NewManifestWriter(fdWriter{tx.fs, mfd})
+	if !opts.FullCheck {
+		// The watch starts before the first link, so that no write to a
+		// linked file can fall between its record and the watch; the
+		// attribute changes the build's own links make are left out.
+		w, err := fswatch.Start(tx.pfd, fswatch.Content)
+		if err != nil {
+			tx.log.Debug("no file-system watch: every linked file is checked at the end", "err", err)
+		} else {
+			tx.watch = w
+			mw.KeepIndex()
+		}
+	}
 	tx.step("build shadow", n.Incomplete)
 	stats, err := snapshot.Build(n.Dir, tx.pfd, n.Incomplete, snapshot.Options{
 		Context: ctx, FS: tx.fs, Exclude: exclude, Copy: copyM, Manifest: mw,
@@ -260,6 +289,15 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 	tx.leftOut = stats.Excluded
 	if err := mw.Close(); err != nil {
 		return fmt.Errorf("write manifest %s: %w", n.Path(n.Meta), err)
+	}
+	if tx.watch != nil {
+		if err := tx.watch.Add(fswatch.Attributes); err != nil {
+			tx.log.Debug("no file-system watch: every linked file is checked at the end", "err", err)
+			tx.watch.Close()
+			tx.watch = nil
+		} else {
+			tx.index = mw.Index()
+		}
 	}
 	tx.log.Debug("shadow built", "dirs", stats.Dirs, "links", stats.Links, "copies", stats.Copies, "symlinks", stats.Symlinks, "left out", len(stats.Excluded))
 	return nil
@@ -317,6 +355,10 @@ func (tx *Tx) fsyncParent() error {
 // close releases the lock and the parent's descriptor.
 func (tx *Tx) close() error {
 	tx.done = true
+	if tx.watch != nil {
+		tx.watch.Close()
+		tx.watch = nil
+	}
 	if tx.pfd >= 0 {
 		unix.Close(tx.pfd)
 		tx.pfd = -1
