@@ -114,7 +114,7 @@ func (b *builder) list(w *worker, n *dirNode) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: extended attributes of %s: %w", srcPath, err)
 	}
-	ents, err := readDir(srcPath, w.scratch)
+	ents, err := readDir(srcFd, w.scratch)
 	if err != nil {
 		return fmt.Errorf("snapshot: read directory %s: %w", srcPath, err)
 	}

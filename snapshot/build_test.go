@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -113,5 +115,69 @@ func TestRemoveConcurrentlyAndIdempotently(t *testing.T) {
 	}
 	if err := Remove(parent, "tree", nil); err != nil {
 		t.Errorf("Remove of a removed tree: %v", err)
+	}
+}
+
+// TestRemoveAsOwnerOfLockedDirectories removes, as a user who is not root,
+// a tree of that user's whose directories deny the owner reading, writing or
+// searching (the bits are given back as needed): Remove runs in a child
+// process of this test as uid and gid 65534.
+func TestRemoveAsOwnerOfLockedDirectories(t *testing.T) {
+	if p := os.Getenv("TREETX_TEST_REMOVE"); p != "" {
+		if err := Remove(filepath.Dir(p), filepath.Base(p), nil); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true: needs root to run a child as another user")
+		}
+		t.Skip("needs root to run a child as another user")
+	}
+	parent := t.TempDir()
+	os.Chmod(filepath.Dir(parent), 0o755) // the test's temporary root
+	os.Chmod(parent, 0o777)
+	tree := filepath.Join(parent, "tree")
+	// The test binary's directory is root's alone: copy it where the user
+	// can run it.
+	bin := filepath.Join(parent, "snapshot.test")
+	if b, err := os.ReadFile(os.Args[0]); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+		t.Fatalf("copy the test binary: %v", err)
+	}
+	modes := map[string]os.FileMode{
+		"r-x": 0o555, "none": 0o000, "wx-only": 0o300, "only-dirs": 0o555, "only-dirs/sub": 0o500, "plain": 0o755,
+	}
+	for _, d := range []string{"r-x", "none", "wx-only", "only-dirs/sub", "plain"} {
+		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if d != "only-dirs/sub" {
+			os.WriteFile(filepath.Join(tree, d, "f"), nil, 0o644)
+		}
+	}
+	os.WriteFile(filepath.Join(tree, "only-dirs/sub/f"), nil, 0o644)
+	err := filepath.Walk(tree, func(p string, _ os.FileInfo, err error) error {
+		if err == nil {
+			err = os.Lchown(p, 65534, 65534)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Deepest first, so that the walk above could pass.
+	for _, d := range []string{"only-dirs/sub", "only-dirs", "r-x", "none", "wx-only", "plain"} {
+		os.Chmod(filepath.Join(tree, d), modes[d])
+	}
+	os.Chmod(tree, 0o500)
+	cmd := exec.Command(bin, "-test.run=^TestRemoveAsOwnerOfLockedDirectories$")
+	cmd.Env = append(os.Environ(), "TREETX_TEST_REMOVE="+tree)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("Remove as uid 65534: %v\n%s", err, out)
+	}
+	if _, err := os.Lstat(tree); !os.IsNotExist(err) {
+		t.Errorf("tree still there: %v", err)
 	}
 }

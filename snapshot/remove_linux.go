@@ -15,7 +15,8 @@ import (
 // unlinkat relative to open directory descriptors, several directories at
 // once (GOMAXPROCS goroutines), each directory after everything in it. It
 // never follows a symlink: a symlink is removed as itself. A directory
-// without write or search permission for its owner is given them first. A
+// whose owner lacks read, write or search permission is given them where
+// an operation in it is refused (EACCES); nothing is looked at otherwise. A
 // missing name is not an error, nor is an entry that disappears meanwhile
 // (another Remove of the same tree). Remove is idempotent; a crash leaves
 // part of the tree, which a later Remove finishes.
@@ -43,10 +44,8 @@ func Remove(parent, name string, fs fsys.FS) error {
 		return nil
 	}
 	r := &remover{fs: fs, pfd: pfd, name: name, root: full}
-	if err := r.searchable(pfd, name, &st); err != nil {
-		return err
-	}
-	if r.rootFd, err = openDir(pfd, name); err != nil {
+	open := func() (err error) { r.rootFd, err = openDir(pfd, name); return err }
+	if err := r.retry(open(), pfd, name, full, open); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil
 		}
@@ -66,23 +65,47 @@ type remover struct {
 	rootFd int    // the tree, open
 }
 
-// searchable gives directory name in dirfd (whose metadata is st) owner
-// write and search permission if it lacks them, so its entries can go.
-func (r *remover) searchable(dirfd int, name string, st *unix.Stat_t) error {
-	if st.Mode&0o300 == 0o300 {
-		return nil
+// searchable gives directory name in dirfd its owner's read, write and
+// search permission, so that its entries can go, and reports whether it
+// lacked any. It is called only where an operation met EACCES: as root, or
+// on a tree its owner may write, never.
+func (r *remover) searchable(dirfd int, name, full string) (bool, error) {
+	var st unix.Stat_t
+	if err := lstatAt(dirfd, name, &st); err != nil {
+		return false, fmt.Errorf("remove: stat %s: %w", full, err)
 	}
-	if err := r.fs.Fchmodat(dirfd, name, st.Mode&07777|0o700); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("remove: chmod %s: %w", filepath.Join(r.root, name), err)
+	if st.Mode&0o700 == 0o700 {
+		return false, nil
 	}
-	return nil
+	if err := r.fs.Fchmodat(dirfd, name, st.Mode&07777|0o700); err != nil {
+		return false, fmt.Errorf("remove: chmod %s: %w", full, err)
+	}
+	return true, nil
+}
+
+// retry runs op again if err is EACCES and directory name in dirfd lacked
+// a permission its owner can give back.
+func (r *remover) retry(err error, dirfd int, name, full string, op func() error) error {
+	if !errors.Is(err, unix.EACCES) {
+		return err
+	}
+	fixed, ferr := r.searchable(dirfd, name, full)
+	if ferr != nil {
+		return errors.Join(err, ferr)
+	}
+	if !fixed {
+		return err
+	}
+	return op()
 }
 
 // list unlinks every entry of directory n but its subdirectories, which it
 // queues.
 func (r *remover) list(w *worker, n *dirNode) error {
 	full := filepath.Join(r.root, n.rel)
-	fd, err := openDir(r.rootFd, dotIfEmpty(n.rel))
+	var fd int
+	open := func() (err error) { fd, err = openDir(r.rootFd, dotIfEmpty(n.rel)); return err }
+	err := r.retry(open(), r.rootFd, dotIfEmpty(n.rel), full, open)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -90,33 +113,27 @@ func (r *remover) list(w *worker, n *dirNode) error {
 		return fmt.Errorf("remove: open %s: %w", full, err)
 	}
 	defer unix.Close(fd)
-	ents, err := readDir(full, w.scratch)
-	if errors.Is(err, os.ErrNotExist) {
+	ents, err := readDir(fd, w.scratch)
+	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("remove: read directory %s: %w", full, err)
 	}
 	for _, e := range ents {
-		crel := e.name
-		if n.rel != "" {
-			crel = n.rel + "/" + e.name
-		}
 		if e.typ == os.ModeDir {
-			var st unix.Stat_t
-			if err := lstatAt(fd, e.name, &st); err != nil {
-				if errors.Is(err, unix.ENOENT) {
-					continue
-				}
-				return fmt.Errorf("remove: stat %s: %w", filepath.Join(full, e.name), err)
-			}
-			if err := r.searchable(fd, e.name, &st); err != nil {
-				return err
+			crel := e.name
+			if n.rel != "" {
+				crel = n.rel + "/" + e.name
 			}
 			r.pool.add(n, crel)
 			continue
 		}
-		if err := r.fs.Unlinkat(fd, e.name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		err := r.fs.Unlinkat(fd, e.name, 0)
+		if errors.Is(err, unix.EACCES) { // the closure only where needed
+			err = r.retry(err, fd, ".", full, func() error { return r.fs.Unlinkat(fd, e.name, 0) })
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove %s: %w", filepath.Join(full, e.name), err)
 		}
 	}
@@ -125,11 +142,18 @@ func (r *remover) list(w *worker, n *dirNode) error {
 
 // post removes directory n, now empty.
 func (r *remover) post(n *dirNode) error {
-	dirfd, name := r.rootFd, n.rel
+	dirfd, name, parent := r.rootFd, n.rel, "."
 	if n.parent == nil {
-		dirfd, name = r.pfd, r.name
+		dirfd, name, parent = r.pfd, r.name, ""
+	} else if n.parent.rel != "" {
+		parent = n.parent.rel
 	}
-	if err := r.fs.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+	rmdir := func() error { return r.fs.Unlinkat(dirfd, name, unix.AT_REMOVEDIR) }
+	err := rmdir()
+	if parent != "" { // the tree's own parent is not the tree's to change
+		err = r.retry(err, r.rootFd, parent, filepath.Join(r.root, parent), rmdir)
+	}
+	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove %s: %w", filepath.Join(r.root, n.rel), err)
 	}
 	return nil
