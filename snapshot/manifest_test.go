@@ -81,7 +81,7 @@ func TestManifestRefusesDamage(t *testing.T) {
 }
 
 func TestMatcher(t *testing.T) {
-	m, err := NewMatcher(append(DefaultExcludes(), "CVSROOT/history", "**/CVS/fileattr", "*.tmp")...)
+	m, err := NewMatcher(append(DefaultExcludes(), "CVSROOT/history", "**/CVS/fileattr", "*.tmp", `lit\*`, "[xy]z?", "s/*/end", "**/deep/[0-9]")...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +106,17 @@ func TestMatcher(t *testing.T) {
 		{"a/b/x.tmp", true},
 		{"a/b/x.tmpl", false},
 		{"#cvs.lockx", false},
+		{"a/lit*", true},
+		{"a/litx", false},
+		{"yzz", true},
+		{"q/xz1", true},
+		{"zz1", false},
+		{"s/mid/end", true},
+		{"s/mid/end2", false},
+		{"t/mid/end", false},
+		{"a/deep/7", true},
+		{"deep/7", true},
+		{"a/deep/x", false},
 	}
 	for _, tt := range tests {
 		if got := m.Match(tt.path); got != tt.want {

@@ -31,19 +31,29 @@ func CVSCopies() []string {
 // against the relative path and every trailing part of it.
 type Matcher struct {
 	patterns []string
+	// literal is each pattern's part before its first wildcard (after
+	// "**/"): a name without it as a prefix cannot match, which rules out
+	// nearly every name without calling path.Match.
+	literal []string
 }
 
 // NewMatcher checks the patterns and returns a Matcher for them.
 func NewMatcher(patterns ...string) (*Matcher, error) {
+	m := &Matcher{patterns: patterns}
 	for _, p := range patterns {
 		if p == "" {
 			return nil, fmt.Errorf("empty glob pattern")
 		}
-		if _, err := path.Match(strings.TrimPrefix(p, "**/"), ""); err != nil {
+		p = strings.TrimPrefix(p, "**/")
+		if _, err := path.Match(p, ""); err != nil {
 			return nil, fmt.Errorf("glob pattern %q: %w", p, err)
 		}
+		if i := strings.IndexAny(p, `*?[\`); i >= 0 {
+			p = p[:i]
+		}
+		m.literal = append(m.literal, p)
 	}
-	return &Matcher{patterns: patterns}, nil
+	return m, nil
 }
 
 // Match reports whether rel (a slash-separated relative path) matches one of
@@ -53,13 +63,16 @@ func (m *Matcher) Match(rel string) bool {
 		return false
 	}
 	base := path.Base(rel)
-	for _, p := range m.patterns {
+	for i, p := range m.patterns {
+		lit := m.literal[i]
 		switch {
 		case strings.HasPrefix(p, "**/"):
 			p = p[3:]
 			for s := rel; ; {
-				if ok, _ := path.Match(p, s); ok {
-					return true
+				if strings.HasPrefix(s, lit) {
+					if ok, _ := path.Match(p, s); ok {
+						return true
+					}
 				}
 				i := strings.IndexByte(s, '/')
 				if i < 0 {
@@ -68,10 +81,16 @@ func (m *Matcher) Match(rel string) bool {
 				s = s[i+1:]
 			}
 		case strings.Contains(p, "/"):
+			if !strings.HasPrefix(rel, lit) {
+				continue
+			}
 			if ok, _ := path.Match(p, rel); ok {
 				return true
 			}
 		default:
+			if !strings.HasPrefix(base, lit) {
+				continue
+			}
 			if ok, _ := path.Match(p, base); ok {
 				return true
 			}
