@@ -1,24 +1,27 @@
 #!/bin/sh
 # Benchmarks treetx against cp -al on deterministic CVS-like trees.
 #
-#   scripts/bench.sh [-r RUNS] [-s "1000 100000 1000000"] [-x] [WORKDIR]
+#   scripts/bench.sh [-r RUNS] [-s "1000 100000 1000000"] [-x] [-e] [WORKDIR]
 #
 # -r: runs per measurement (median is reported; default 5)
 # -s: tree sizes in files (default "1000 100000")
 # -x: also run every measurement on a loop-mounted XFS image (needs root)
+# -e: also on a loop-mounted ext4 image, made by mkfs.ext4 with its
+#     defaults (a journal), for a file system that WORKDIR's may not be
 # WORKDIR (default /var/tmp/treetx-bench) keeps the corpora between runs; it
 # must be on the file system to measure. Commands are alternated within each
 # run so that a noisy machine affects them alike. Prints a Markdown table.
 set -eu
 runs=5
 sizes="1000 100000"
-xfs=
-while getopts r:s:x opt; do
+images=
+while getopts r:s:xe opt; do
   case $opt in
     r) runs=$OPTARG ;;
     s) sizes=$OPTARG ;;
-    x) xfs=1 ;;
-    *) echo "usage: $0 [-r RUNS] [-s SIZES] [-x] [WORKDIR]" >&2; exit 64 ;;
+    x) images="$images xfs" ;;
+    e) images="$images ext4" ;;
+    *) echo "usage: $0 [-r RUNS] [-s SIZES] [-x] [-e] [WORKDIR]" >&2; exit 64 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -35,7 +38,7 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.0f\n", v[(N
 
 # measure DIR LABEL: appends "label ns" lines to $results for one run.
 measure() {
-  d=$1 label=$2 x=$work/x.$$
+  d=$1 label=$2 x=$(dirname "$1")/x.$$
   rm -rf "$x"
   t0=$(now); cp -al "$d" "$x"; t1=$(now)
   echo "$label cpal $((t1 - t0))" >>"$results"
@@ -69,6 +72,15 @@ measure() {
   "$tx" run "$d" -- sh -c 'date +%s%N >"$0"; exit 1' "$work/end" 2>/dev/null || true
   t1=$(now)
   echo "$label rollback $((t1 - $(cat "$work/end")))" >>"$results"
+  # The same two with every linked file checked, as without root.
+  wait_cleanup "$d"
+  "$tx" run --full-check "$d" -- sh -c 'date +%s%N >"$0"' "$work/end"
+  t1=$(now)
+  echo "$label commitfull $((t1 - $(cat "$work/end")))" >>"$results"
+  wait_cleanup "$d"
+  "$tx" run --full-check "$d" -- sh -c 'date +%s%N >"$0"; exit 1' "$work/end" 2>/dev/null || true
+  t1=$(now)
+  echo "$label rollbackfull $((t1 - $(cat "$work/end")))" >>"$results"
   wait_cleanup "$d"
   /usr/bin/time -f "%M" -o "$work/rss" "$tx" run "$d" -- true
   echo "$label rsskb $(cat "$work/rss")" >>"$results"
@@ -91,14 +103,14 @@ corpus() {
 }
 
 report() {
-  echo "| files | fs | cp -al | cp -al + sync -f | shadow (durable) | shadow/cp -al | build | syncfs | durable/build | run -- true | cp -al + rm -rf | run/(cp+rm) | run --wait-cleanup | rm -rf | commit latency | rollback latency | peak RSS |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-  for label in $(awk '{ print $1 }' "$results" | sort -u -t/ -k2n); do
+  echo "| files | fs | cp -al | cp -al + sync -f | shadow (durable) | shadow/cp -al | build | syncfs | durable/build | run -- true | cp -al + rm -rf | run/(cp+rm) | run --wait-cleanup | rm -rf | commit latency | rollback latency | commit, --full-check | rollback, --full-check | peak RSS |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for label in $(awk '{ print $1 }' "$results" | sort -t/ -k2n -k1 | uniq); do
     get() { awk -v l="$label" -v k="$1" '$1 == l && $2 == k { print $3 }' "$results" | median; }
     cpal=$(get cpal) cpals=$(get cpalsync) sh=$(get shadow) b=$(get build) sf=$(get syncfs)
-    run=$(get run) cprm=$(get cpalrm) rw=$(get runwait) rm=$(get rmrf) c=$(get commit) rb=$(get rollback) rss=$(get rsskb)
+    run=$(get run) cprm=$(get cpalrm) rw=$(get runwait) rm=$(get rmrf) c=$(get commit) rb=$(get rollback) cf=$(get commitfull) rbf=$(get rollbackfull) rss=$(get rsskb)
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-    echo "| ${label#*/} | ${label%%/*} | $(ms "$cpal") ms | $(ms "$cpals") ms | $(ms "$sh") ms | $(ratio "$sh" "$cpal") | $(ms "$b") ms | $(ms "$sf") ms | $(ratio "$((b + sf))" "$b") | $(ms "$run") ms | $(ms "$cprm") ms | $(ratio "$run" "$cprm") | $(ms "$rw") ms | $(ms "$rm") ms | $(ms "$c") ms | $(ms "$rb") ms | $((rss / 1024)) MiB |"
+    echo "| ${label#*/} | ${label%%/*} | $(ms "$cpal") ms | $(ms "$cpals") ms | $(ms "$sh") ms | $(ratio "$sh" "$cpal") | $(ms "$b") ms | $(ms "$sf") ms | $(ratio "$((b + sf))" "$b") | $(ms "$run") ms | $(ms "$cprm") ms | $(ratio "$run" "$cprm") | $(ms "$rw") ms | $(ms "$rm") ms | $(ms "$c") ms | $(ms "$rb") ms | $(ms "$cf") ms | $(ms "$rbf") ms | $((rss / 1024)) MiB |"
   done
 }
 
@@ -106,19 +118,24 @@ results=$work/results.$$
 : >"$results"
 dirs=
 for n in $sizes; do dirs="$dirs ext:$n:$(corpus "$work" "$n")"; done
-if [ -n "$xfs" ]; then
-  mkdir -p "$work/xfs"
-  if ! mountpoint -q "$work/xfs"; then
-    truncate -s 20G "$work/xfs.img"
-    mkfs.xfs -q -f "$work/xfs.img"
-    mount -o loop "$work/xfs.img" "$work/xfs"
+for fs in $images; do
+  m=$work/$fs-image
+  mkdir -p "$m"
+  if ! mountpoint -q "$m"; then
+    truncate -s 40G "$m.img"
+    case $fs in
+      xfs) mkfs.xfs -q -f "$m.img" ;;
+      ext4) mkfs.ext4 -q -F "$m.img" ;;
+    esac
+    mount -o loop "$m.img" "$m"
   fi
-  for n in $sizes; do dirs="$dirs xfs:$n:$(corpus "$work/xfs" "$n")"; done
-fi
+  for n in $sizes; do dirs="$dirs $fs-image:$n:$(corpus "$m" "$n")"; done
+done
 for r in $(seq "$runs"); do
   for spec in $dirs; do
-    rest=${spec#*:} n=${rest%%:*} d=${rest#*:}
-    measure "$d" "$(stat -f -c %T "$d" | sed 's#ext2/ext3#ext4#')/$n"
+    fs=${spec%%:*} rest=${spec#*:} n=${rest%%:*} d=${rest#*:}
+    [ "$fs" = ext ] && fs=$(stat -f -c %T "$d" | sed 's#ext2/ext3#ext4#')
+    measure "$d" "$fs/$n"
   done
   echo "run $r of $runs done" >&2
 done
