@@ -3,12 +3,13 @@ package snapshot
 import (
 	"bufio"
 	"bytes"
-	"cmp"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -78,14 +79,19 @@ func NewManifestWriter(w io.Writer) *ManifestWriter {
 }
 
 // KeepIndex makes the writer index the records it writes from now on, by
-// inode (16 bytes a record): see Index.
+// inode (12 bytes a record): see Index.
 func (m *ManifestWriter) KeepIndex() { m.index = &Index{} }
 
-// Index returns the index of the records written, or nil without
-// KeepIndex. Call it after Close.
+// Index returns the index of the records written, or nil without KeepIndex
+// or for a manifest too big to index (4 GiB). Call it after Close.
 func (m *ManifestWriter) Index() *Index {
-	if m.index != nil && !m.index.sorted {
-		slices.SortFunc(m.index.ents, func(a, b indexEnt) int { return cmp.Compare(a.ino, b.ino) })
+	if m.index == nil || m.index.tooBig {
+		return nil
+	}
+	if !m.index.sorted {
+		for _, c := range m.index.chunks {
+			sort.Sort(c)
+		}
 		m.index.sorted = true
 	}
 	return m.index
@@ -125,7 +131,7 @@ func (m *ManifestWriter) Add(r Record) error {
 	b = append(b, '\n')
 	m.buf = b
 	if m.index != nil {
-		m.index.ents = append(m.index.ents, indexEnt{r.Ino, m.off})
+		m.index.add(r.Ino, m.off)
 	}
 	m.write(b)
 	m.count++
@@ -206,15 +212,53 @@ func appendEscaped(b []byte, s, extra string) []byte {
 }
 
 // Index locates the records of a manifest by inode, so that the records of
-// a few files can be read without reading the whole manifest.
+// a few files can be read without reading the whole manifest. It holds 12
+// bytes a record, in fixed-size chunks each sorted by inode: no chunk is
+// ever copied to grow, so memory stays at what the records need.
 type Index struct {
-	ents   []indexEnt // sorted by ino once sorted
+	chunks []*indexChunk
 	sorted bool
+	tooBig bool // an offset past 4 GiB: not kept
 }
 
-type indexEnt struct {
-	ino uint64
-	off int64 // of the record's line
+const indexChunkLen = 1 << 16
+
+// indexChunk holds up to indexChunkLen records' inodes and offsets.
+type indexChunk struct {
+	inos []uint64
+	offs []uint32
+}
+
+func (c *indexChunk) Len() int           { return len(c.inos) }
+func (c *indexChunk) Less(i, j int) bool { return c.inos[i] < c.inos[j] }
+func (c *indexChunk) Swap(i, j int) {
+	c.inos[i], c.inos[j] = c.inos[j], c.inos[i]
+	c.offs[i], c.offs[j] = c.offs[j], c.offs[i]
+}
+
+func (x *Index) add(ino uint64, off int64) {
+	if off > math.MaxUint32 {
+		x.tooBig, x.chunks = true, nil
+	}
+	if x.tooBig {
+		return
+	}
+	if len(x.chunks) == 0 || len(x.chunks[len(x.chunks)-1].inos) == indexChunkLen {
+		x.chunks = append(x.chunks, &indexChunk{make([]uint64, 0, indexChunkLen), make([]uint32, 0, indexChunkLen)})
+	}
+	c := x.chunks[len(x.chunks)-1]
+	c.inos = append(c.inos, ino)
+	c.offs = append(c.offs, uint32(off))
+}
+
+// find appends the offsets of ino's records to offs.
+func (x *Index) find(ino uint64, offs []int64) []int64 {
+	for _, c := range x.chunks {
+		for i, _ := slices.BinarySearch(c.inos, ino); i < len(c.inos) && c.inos[i] == ino; i++ {
+			offs = append(offs, int64(c.offs[i]))
+		}
+	}
+	return offs
 }
 
 // Records yields manifest records, in some order, to fn; it stops at fn's
@@ -233,28 +277,23 @@ func AllRecords(r io.Reader) Records {
 // directory come together.
 func RecordsOf(r io.ReaderAt, idx *Index, inos []uint64) Records {
 	return func(fn func(Record) error) error {
-		var sel []indexEnt
-		ents := idx.ents
+		var offs []int64
 		for _, ino := range inos {
-			i, _ := slices.BinarySearchFunc(ents, ino, func(e indexEnt, ino uint64) int { return cmp.Compare(e.ino, ino) })
-			ents = ents[i:]
-			for ; len(ents) > 0 && ents[0].ino == ino; ents = ents[1:] {
-				sel = append(sel, ents[0])
-			}
+			offs = idx.find(ino, offs)
 		}
-		slices.SortFunc(sel, func(a, b indexEnt) int { return cmp.Compare(a.off, b.off) })
+		slices.Sort(offs)
 		var line []byte
-		for _, e := range sel {
+		for _, off := range offs {
 			var err error
-			if line, err = readLine(r, e.off, line); err != nil {
-				return fmt.Errorf("read manifest at byte %d: %w", e.off, err)
+			if line, err = readLine(r, off, line); err != nil {
+				return fmt.Errorf("read manifest at byte %d: %w", off, err)
 			}
 			rec, err := parseRecord(string(line))
-			if err == nil && rec.Ino != e.ino {
-				err = fmt.Errorf("inode %d, the index says %d", rec.Ino, e.ino)
+			if _, ok := slices.BinarySearch(inos, rec.Ino); err == nil && !ok {
+				err = fmt.Errorf("inode %d is not one of those asked for", rec.Ino)
 			}
 			if err != nil {
-				return fmt.Errorf("%w: byte %d: %v", ErrManifestCorrupt, e.off, err)
+				return fmt.Errorf("%w: byte %d: %v", ErrManifestCorrupt, off, err)
 			}
 			if err := fn(rec); err != nil {
 				return err

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -176,5 +177,38 @@ func TestRecordsOfFindsEachInodesRecords(t *testing.T) {
 	}
 	if new := NewManifestWriter(&buf); new.Index() != nil {
 		t.Error("an index without KeepIndex")
+	}
+}
+
+// TestIndexAcrossChunks indexes more records than one chunk holds, with
+// inodes descending and one inode's records in several chunks.
+func TestIndexAcrossChunks(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewManifestWriter(&buf)
+	w.KeepIndex()
+	const n = 2*indexChunkLen + 100
+	for i := range n {
+		ino := uint64(n - i)
+		if i%indexChunkLen == 7 {
+			ino = 1 // in each chunk
+		}
+		if err := w.Add(Record{Path: fmt.Sprint("f", i), Ino: ino}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	err := RecordsOf(bytes.NewReader(buf.Bytes()), w.Index(), []uint64{1, 5, n - 3})(func(r Record) error {
+		got = append(got, r.Path)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"f3", "f7", fmt.Sprint("f", indexChunkLen+7), fmt.Sprint("f", 2*indexChunkLen+7), fmt.Sprint("f", n-5), fmt.Sprint("f", n-1)}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("records of 1, 5 and %d: %q, want %q", n-3, got, want)
 	}
 }
