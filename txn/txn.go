@@ -417,7 +417,9 @@ func (tx *Tx) discard() error {
 // removes the journal durably (the transaction is over), then the manifest,
 // then deletes the trees named for removal. The manifest goes after the
 // journal: a journal without its manifest could not be recovered, a manifest
-// without a journal is garbage.
+// without a journal is garbage. It is moved into this transaction's removal
+// tree where there is one, to be deleted with it: unlinking a big file takes
+// time (some 20 ms for the 100 MB of a million files).
 func (tx *Tx) finish() error {
 	n := tx.n
 	tx.step("unlink", n.Journal)
@@ -426,6 +428,13 @@ func (tx *Tx) finish() error {
 	}
 	if err := tx.fsyncParent(); err != nil {
 		return err
+	}
+	if tx.j.ID != "" {
+		into := n.Removing(tx.j.ID) + "/" + n.Meta
+		tx.step("rename", into)
+		if err := tx.fs.Renameat2(tx.pfd, n.Meta, tx.pfd, into, unix.RENAME_NOREPLACE); err != nil {
+			tx.log.Debug("manifest not moved into the removal tree; unlinked", "err", err)
+		}
 	}
 	for _, name := range []string{n.Meta, n.JournalTmp} {
 		tx.step("unlink", name)
