@@ -40,13 +40,24 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.0f\n", v[(N
 measure() {
   d=$1 label=$2 x=$(dirname "$1")/x.$$
   rm -rf "$x"
+  # Each timed command starts with nothing left to write back.
+  sync
   t0=$(now); cp -al "$d" "$x"; t1=$(now)
   echo "$label cpal $((t1 - t0))" >>"$results"
+  sync
   t0=$(now); rm -rf "$x"; t1=$(now)
   echo "$label rmrf $((t1 - t0))" >>"$results"
+  # treetx's own deletion, as the detached cleaner runs it.
+  g=$(dirname "$d")/.#treetx.$(basename "$d").removing.0123456789abcdef
+  cp -al "$d" "$g"
+  sync
+  t0=$(now); "$tx" _cleanup "$g"; t1=$(now)
+  echo "$label cleanup $((t1 - t0))" >>"$results"
+  sync
   t0=$(now); cp -al "$d" "$x"; sync -f "$x"; t1=$(now)
   echo "$label cpalsync $((t1 - t0))" >>"$results"
   rm -rf "$x"
+  sync
   t0=$(now); cp -al "$d" "$x"; rm -rf "$x"; t1=$(now)
   echo "$label cpalrm $((t1 - t0))" >>"$results"
   sync
@@ -103,14 +114,14 @@ corpus() {
 }
 
 report() {
-  echo "| files | fs | cp -al | cp -al + sync -f | shadow (durable) | shadow/cp -al | build | syncfs | durable/build | run -- true | cp -al + rm -rf | run/(cp+rm) | run --wait-cleanup | rm -rf | commit latency | rollback latency | commit, --full-check | rollback, --full-check | peak RSS |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| files | fs | cp -al | cp -al + sync -f | shadow (durable) | shadow/cp -al | build | syncfs | durable/build | run -- true | cp -al + rm -rf | run/(cp+rm) | run --wait-cleanup | rm -rf | deletion by treetx (ratio to rm -rf) | commit latency | rollback latency | commit, --full-check | rollback, --full-check | peak RSS |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for label in $(awk '{ print $1 }' "$results" | sort -t/ -k2n -k1 | uniq); do
     get() { awk -v l="$label" -v k="$1" '$1 == l && $2 == k { print $3 }' "$results" | median; }
     cpal=$(get cpal) cpals=$(get cpalsync) sh=$(get shadow) b=$(get build) sf=$(get syncfs)
-    run=$(get run) cprm=$(get cpalrm) rw=$(get runwait) rm=$(get rmrf) c=$(get commit) rb=$(get rollback) cf=$(get commitfull) rbf=$(get rollbackfull) rss=$(get rsskb)
+    run=$(get run) cprm=$(get cpalrm) rw=$(get runwait) rm=$(get rmrf) cl=$(get cleanup) c=$(get commit) rb=$(get rollback) cf=$(get commitfull) rbf=$(get rollbackfull) rss=$(get rsskb)
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-    echo "| ${label#*/} | ${label%%/*} | $(ms "$cpal") ms | $(ms "$cpals") ms | $(ms "$sh") ms | $(ratio "$sh" "$cpal") | $(ms "$b") ms | $(ms "$sf") ms | $(ratio "$((b + sf))" "$b") | $(ms "$run") ms | $(ms "$cprm") ms | $(ratio "$run" "$cprm") | $(ms "$rw") ms | $(ms "$rm") ms | $(ms "$c") ms | $(ms "$rb") ms | $(ms "$cf") ms | $(ms "$rbf") ms | $((rss / 1024)) MiB |"
+    echo "| ${label#*/} | ${label%%/*} | $(ms "$cpal") ms | $(ms "$cpals") ms | $(ms "$sh") ms | $(ratio "$sh" "$cpal") | $(ms "$b") ms | $(ms "$sf") ms | $(ratio "$((b + sf))" "$b") | $(ms "$run") ms | $(ms "$cprm") ms | $(ratio "$run" "$cprm") | $(ms "$rw") ms | $(ms "$rm") ms | $(ms "$cl") ms ($(ratio "$cl" "$rm")) | $(ms "$c") ms | $(ms "$rb") ms | $(ms "$cf") ms | $(ms "$rbf") ms | $((rss / 1024)) MiB |"
   done
 }
 
