@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 
@@ -53,8 +54,14 @@ func Remove(parent, name string, fs fsys.FS) error {
 	}
 	defer unix.Close(r.rootFd)
 	r.pool = &pool{list: r.list, post: r.post}
-	return r.pool.run(0)
+	// More goroutines than cores: a removal waits on the disk (freeing a
+	// directory's blocks, discarding them on a file system mounted with
+	// -o discard) more than it computes.
+	return r.pool.run(removeWorkers * runtime.GOMAXPROCS(0))
 }
+
+// removeWorkers is how many directories Remove works on per core.
+const removeWorkers = 4
 
 type remover struct {
 	fs     fsys.FS
