@@ -222,7 +222,11 @@ func (w *Watch) parse(b []byte) error {
 			w.lost = true
 			continue
 		}
-		info := ev[le.Uint16(ev[6:]):]
+		ml := int(le.Uint16(ev[6:]))
+		if ml < metaLen || ml > evLen {
+			return fmt.Errorf("fswatch: event metadata of %d bytes in %d", ml, evLen)
+		}
+		info := ev[ml:]
 		for len(info) >= infoHdrLen {
 			typ, l := info[0], int(le.Uint16(info[2:]))
 			if l < infoHdrLen || l > len(info) {

@@ -1,6 +1,7 @@
 package fswatch
 
 import (
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -165,5 +166,25 @@ func TestCloseWithoutStop(t *testing.T) {
 	w.Close()
 	if _, err := w.Stop(); err == nil {
 		t.Fatal("Stop after Close succeeded")
+	}
+}
+
+// TestParseRefusesDamage: a malformed event is an error, never a panic.
+func TestParseRefusesDamage(t *testing.T) {
+	ev := make([]byte, metaLen)
+	binary.NativeEndian.PutUint32(ev, metaLen)
+	ev[4] = metaVersion
+	for name, set := range map[string]func(b []byte){
+		"metadata longer than the event": func(b []byte) { binary.NativeEndian.PutUint16(b[6:], metaLen+8) },
+		"event longer than the buffer":   func(b []byte) { binary.NativeEndian.PutUint32(b, 4096) },
+		"old version":                    func(b []byte) { b[4] = 2; binary.NativeEndian.PutUint16(b[6:], metaLen) },
+	} {
+		b := slices.Clone(ev)
+		binary.NativeEndian.PutUint16(b[6:], metaLen)
+		set(b)
+		w := &Watch{handles: map[string]struct{}{}, limit: MaxFiles}
+		if err := w.parse(b); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
 	}
 }
