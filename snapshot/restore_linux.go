@@ -44,9 +44,8 @@ func Changed(root string, recs Records) ([]string, error) {
 
 // Restore gives the hard-linked files of recs in the tree at root the mode,
 // owner, extended attributes and times the manifest recorded, where they
-// differ; a
-// file written in place (size or mtime changed) keeps its times. It is
-// idempotent. A record whose path is missing or is another inode is skipped
+// differ; a file written in place (size or mtime changed) keeps its times.
+// It is idempotent. A record whose path is missing or is another inode is skipped
 // and counted in skipped: that happens only when root is not the shadow the
 // manifest was taken for.
 //

@@ -291,12 +291,14 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 		return fmt.Errorf("write manifest %s: %w", n.Path(n.Meta), err)
 	}
 	if tx.watch != nil {
-		if err := tx.watch.Add(fswatch.Attributes); err != nil {
+		err := tx.watch.Add(fswatch.Attributes)
+		if tx.index = mw.Index(); err == nil && tx.index == nil {
+			err = errors.New("manifest too big to index")
+		}
+		if err != nil {
 			tx.log.Debug("no file-system watch: every linked file is checked at the end", "err", err)
 			tx.watch.Close()
-			tx.watch = nil
-		} else {
-			tx.index = mw.Index()
+			tx.watch, tx.index = nil, nil
 		}
 	}
 	tx.log.Debug("shadow built", "dirs", stats.Dirs, "links", stats.Links, "copies", stats.Copies, "symlinks", stats.Symlinks, "left out", len(stats.Excluded))
