@@ -27,6 +27,7 @@ import (
 	"io/fs"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,9 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/safeopen"
 )
 
 // Mode is the kind of lock to take.
@@ -162,6 +166,11 @@ type Options struct {
 type Lock struct {
 	path string
 	mode Mode
+	// pfd is the lock file's directory, open; base its name there. The
+	// lock file is opened and written relative to it, never following a
+	// symlink (see take).
+	pfd  int
+	base string
 
 	mu sync.Mutex
 	// f is nil once the lock is released.
@@ -197,26 +206,26 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 		ctx, cancel = context.WithTimeoutCause(ctx, opts.Timeout, errTimeout)
 		defer cancel()
 	}
+	pfd, err := safeopen.OpenDir(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
 	if opts.Gate != "" && opts.Timeout != 0 {
 		// Queue at the gate (a single try needs no queue); a writer keeps it while it waits for the lock,
 		// so that readers arriving meanwhile wait behind it.
-		g, err := take(ctx, opts.Gate, Exclusive, opts.Timeout == 0)
+		g, _, err := take(ctx, pfd, opts.Gate, Exclusive, opts.Timeout == 0)
 		if err != nil {
+			unix.Close(pfd)
 			return nil, gateError(err, path, opts.Mode)
 		}
 		defer g.Close()
 	}
-	f, err := take(ctx, path, opts.Mode, opts.Timeout == 0)
+	f, fi, err := take(ctx, pfd, path, opts.Mode, opts.Timeout == 0)
 	if err != nil {
+		unix.Close(pfd)
 		return nil, gateError(err, path, opts.Mode)
 	}
-
-	l := &Lock{path: path, mode: opts.Mode, f: f, inheritedFD: -1}
-	l.fi, err = f.Stat()
-	if err != nil {
-		err = fmt.Errorf("lock %s: stat locked file: %w", path, err)
-		return nil, errors.Join(err, l.Release())
-	}
+	l := &Lock{path: path, mode: opts.Mode, pfd: pfd, base: filepath.Base(path), f: f, fi: fi, inheritedFD: -1}
 	if opts.Mode == Exclusive {
 		self, err := fillHolder(opts.Self)
 		if err != nil {
@@ -270,6 +279,8 @@ func (l *Lock) Release() error {
 	}
 	l.f = nil
 	l.inheritedFD = -1
+	unix.Close(l.pfd)
+	l.pfd = -1
 	return errors.Join(errs...)
 }
 
@@ -349,10 +360,11 @@ func (l *Lock) clearRecord() error {
 // openLocked opens the lock file for writing and checks that it is the file
 // that is locked. step names the caller's step in errors.
 func (l *Lock) openLocked(step string) (*os.File, error) {
-	w, err := os.OpenFile(l.path, os.O_WRONLY, 0)
+	fd, _, err := safeopen.OpenAt(l.pfd, l.base, l.path, unix.O_WRONLY, 0, safeopen.Regular, safeopen.Rules{OneLink: true})
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %s: %w", l.path, step, err)
 	}
+	w := os.NewFile(uintptr(fd), l.path)
 	wfi, err := w.Stat()
 	if err != nil {
 		w.Close()
@@ -412,7 +424,12 @@ func currentUser() string {
 // the lock is held (the holder has not recorded itself yet, or the lock is
 // shared) or stale while it is not (the holder died).
 func ReadHolder(path string) (*Holder, error) {
-	data, err := os.ReadFile(path)
+	pfd, err := safeopen.OpenDir(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: read holder record: %w", path, err)
+	}
+	defer unix.Close(pfd)
+	data, _, err := safeopen.ReadFile(pfd, filepath.Base(path), path, maxRecord, safeopen.Rules{OneLink: true})
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -477,11 +494,43 @@ func (e *HeldError) Unwrap() error { return ErrLocked }
 // errTimeout is the cause of a context that Acquire's own timeout ended.
 var errTimeout = errors.New("lock timeout")
 
-// take locks the file at path (creating it 0644) in mode: once if once is
-// set, else retrying every retryDelay until ctx is done. A lock not had is
-// reported as errLockHeld.
-func take(ctx context.Context, path string, mode Mode, once bool) (*flock.Flock, error) {
-	f := flock.New(path, flock.SetFlag(os.O_CREATE|os.O_RDONLY), flock.SetPermissions(filePerm))
+// take locks the file path (creating it 0644), whose directory is open as
+// pfd, in mode: once if once is set, else retrying every retryDelay until
+// ctx is done. A lock not had is reported as errLockHeld.
+//
+// The directory may be writable by others, so anything may stand under the
+// name: the file is opened relative to pfd (through its /proc/self/fd
+// entry, since gofrs/flock opens by path), never following a symlink
+// (O_NOFOLLOW) and never blocking on a FIFO (O_NONBLOCK), and once it is
+// locked it must be a regular file with one link, or it is refused with a
+// *safeopen.RefusedError: the holder record is written into it, which must
+// never reach another file.
+func take(ctx context.Context, pfd int, path string, mode Mode, once bool) (*flock.Flock, fs.FileInfo, error) {
+	at := "/proc/self/fd/" + strconv.Itoa(pfd) + "/" + filepath.Base(path)
+	f := flock.New(at, flock.SetFlag(os.O_CREATE|os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY), flock.SetPermissions(filePerm))
+	f, err := tryTake(ctx, f, path, mode, once)
+	if err != nil {
+		var st unix.Stat_t
+		if (errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.ENXIO)) && safeopen.Lstat(pfd, filepath.Base(path), &st) == nil {
+			return nil, nil, fmt.Errorf("lock %s: %w", path, &safeopen.RefusedError{Path: path, Want: "a regular file", Got: safeopen.TypeName(st.Mode)})
+		}
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("lock %s: stat locked file: %w", path, err)
+	}
+	sst := fi.Sys().(*syscall.Stat_t)
+	st := unix.Stat_t{Mode: sst.Mode, Nlink: sst.Nlink, Uid: sst.Uid}
+	if err := safeopen.Check(path, &st, safeopen.Regular, safeopen.Rules{OneLink: true}); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, fi, nil
+}
+
+func tryTake(ctx context.Context, f *flock.Flock, path string, mode Mode, once bool) (*flock.Flock, error) {
 	try, tryCtx := f.TryLock, f.TryLockContext
 	if mode == Shared {
 		try, tryCtx = f.TryRLock, f.TryRLockContext
@@ -507,6 +556,9 @@ func take(ctx context.Context, path string, mode Mode, once bool) (*flock.Flock,
 		return nil, fmt.Errorf("lock %s: take %v lock: %w", path, mode, err)
 	}
 }
+
+// maxRecord bounds the holder record read from a lock file.
+const maxRecord = 64 << 10
 
 // errLockHeld is take's report of a lock not had in time.
 var errLockHeld = errors.New("held")
