@@ -11,7 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys"
-	"github.com/treetx/treetx/snapshot"
 	"github.com/treetx/treetx/txn"
 )
 
@@ -142,7 +141,7 @@ func dropTree(fs fsys.FS, pfd int, n txn.Names, name, id string) error {
 			return fmt.Errorf("fsync %s: %w", n.Parent, err)
 		}
 	}
-	return snapshot.Remove(n.Parent, target, fs)
+	return txn.RemoveTree(n, pfd, target, fs, nil)
 }
 
 // newID returns a new 16-hex-digit id for a removal name.

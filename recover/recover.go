@@ -23,7 +23,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/creds"
 	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
 	"github.com/treetx/treetx/txn"
@@ -177,6 +179,9 @@ func look(n txn.Names) (*Report, error) {
 		if errors.As(err, &held) {
 			return busyReport(n), nil
 		}
+		if errors.Is(err, safeopen.ErrRefused) {
+			return refusedReport(n, err), nil
+		}
 		return nil, err
 	}
 	defer lk.Release()
@@ -240,6 +245,10 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 			r.Action = "left alone"
 			return r, fmt.Errorf("%s: %w", n.Dir, ErrBusy)
 		}
+		if errors.Is(err, safeopen.ErrRefused) {
+			r := refusedReport(n, err)
+			return r, fmt.Errorf("%s: %w: %w", n.Dir, ErrNeedsPerson, err)
+		}
 		return errorReport(n.Dir, err), err
 	}
 	r, err := classify(n)
@@ -281,17 +290,23 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 		r.Done = true
 		return r, nil
 	}
-	tx, err := txn.Resume(n, r.Journal, lk, opts.FS) // releases lk when done
+	// As root, the transaction of another user is finished with that
+	// user's identity: a planted journal can do no more than its planter.
+	as := creds.For(r.Journal.Owner)
+	tx, err := txn.Resume(n, r.Journal, lk, opts.FS, as) // releases lk when done
 	if err != nil {
 		r.Error = err.Error()
 		return r, err
 	}
 	var res *txn.Result
-	if r.Journal.Phase == txn.PhaseCommit {
-		res, err = tx.Commit()
-	} else {
-		res, err = tx.Rollback()
-	}
+	err = creds.Do(as, func() (err error) {
+		if r.Journal.Phase == txn.PhaseCommit {
+			res, err = tx.Commit()
+		} else {
+			res, err = tx.Rollback()
+		}
+		return err
+	})
 	if res != nil {
 		r.Lost, r.Kept = res.Lost, res.Kept
 	}
@@ -383,6 +398,12 @@ func resolve(dir string, noFollow bool) (txn.Names, error) {
 		return txn.Names{}, errors.New("/: the root directory has no parent, so treetx keeps nothing for it")
 	}
 	return txn.NamesFor(path)
+}
+
+// refusedReport describes a directory beside which something stands
+// under one of treetx's names that treetx does not make there.
+func refusedReport(n txn.Names, err error) *Report {
+	return &Report{Dir: n.Dir, State: StateNeedsPerson, Found: err.Error()}
 }
 
 func errorReport(dir string, err error) *Report {
@@ -500,18 +521,31 @@ func classify(n txn.Names) (*Report, error) {
 // checkShadow says what, if anything, keeps recovery from acting on the
 // journal j: the shadow (found by inode) must be where the phase allows, and
 // the manifest there when a rollback needs it. It returns "" if all is well.
-func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) string {
+func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) (problem string) {
+	var untrusted error
 	at := func(name string) (ok, there bool) {
 		var st unix.Stat_t
 		if err := unix.Lstat(n.Path(name), &st); err != nil {
 			return false, false
 		}
-		return txn.FileID{Dev: uint64(st.Dev), Ino: st.Ino} == j.Shadow, true
+		if (txn.FileID{Dev: uint64(st.Dev), Ino: st.Ino}) != j.Shadow {
+			return false, true
+		}
+		if err := j.CheckShadow(n.Path(name), &st); err != nil {
+			untrusted = err
+			return false, true
+		}
+		return true, true
 	}
 	notShadow := func(name string) string {
 		return fmt.Sprintf("%s is not the shadow the journal records (inode %d)", n.Path(name), j.Shadow.Ino)
 	}
 	inComplete, completeThere := at(n.Complete)
+	defer func() {
+		if untrusted != nil {
+			problem = fmt.Sprintf("its shadow is not one its owner (uid %d) made: %v", j.Owner, untrusted)
+		}
+	}()
 	switch j.Phase {
 	case txn.PhaseSnapshot, txn.PhaseCommit:
 		// Both names are dropped if they hold the shadow, refused if not.
@@ -534,7 +568,7 @@ func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) str
 		if len(present[txn.KindMeta]) == 0 {
 			return fmt.Sprintf("its manifest %s is missing", n.Path(n.Meta))
 		}
-		if err := checkManifest(n.Path(n.Meta)); err != nil {
+		if err := checkManifest(n.Path(n.Meta), j); err != nil {
 			return fmt.Sprintf("its manifest is unusable: %v", err)
 		}
 	}
@@ -542,11 +576,17 @@ func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) str
 }
 
 // checkManifest reads the manifest at path through, as a rollback will.
-func checkManifest(path string) error {
-	f, err := os.Open(path)
+func checkManifest(path string, j *txn.Journal) error {
+	pfd, err := safeopen.OpenDir(filepath.Dir(path))
 	if err != nil {
 		return err
 	}
+	defer unix.Close(pfd)
+	fd, _, err := safeopen.OpenAt(pfd, filepath.Base(path), path, unix.O_RDONLY, 0, safeopen.Regular, j.ManifestRules())
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	return snapshot.ReadManifest(f, func(snapshot.Record) error { return nil })
 }
@@ -567,25 +607,15 @@ func exists(path string) bool {
 }
 
 func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
+	fd, err := safeopen.OpenDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return f.Readdirnames(-1)
+	defer unix.Close(fd)
+	return safeopen.ReadNames(fd, dir)
 }
 
-func openDir(path string) (int, error) {
-	for {
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != unix.EINTR {
-			if err != nil {
-				return -1, &fs.PathError{Op: "open", Path: path, Err: err}
-			}
-			return fd, nil
-		}
-	}
-}
+func openDir(path string) (int, error) { return safeopen.OpenDir(path) }
 
 // showCommand writes argv on one line: arguments holding anything but
 // letters, digits and -_./=:,+@% are quoted, with newlines escaped.

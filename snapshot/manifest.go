@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/safeopen"
 )
 
 // The manifest records, for every file the shadow hard-links, the metadata
@@ -416,7 +418,34 @@ func parseRecord(text string) (Record, error) {
 	if r.Path, err = unescape(f[8]); err != nil {
 		return r, err
 	}
-	return r, nil
+	return r, r.check()
+}
+
+// check refuses a record that treetx could not have written: a path that
+// is not relative or leaves the tree by its form, a mode beyond the
+// permission, set-id and sticky bits, an owner of -1 (which chown reads as
+// "unchanged"), a negative size, nanoseconds out of range, an unnamed
+// extended attribute.
+func (r *Record) check() error {
+	if err := safeopen.CheckRel(r.Path, false); err != nil {
+		return err
+	}
+	switch {
+	case r.Mode > 0o7777:
+		return fmt.Errorf("mode %#o beyond 07777", r.Mode)
+	case r.UID == math.MaxUint32 || r.GID == math.MaxUint32:
+		return fmt.Errorf("owner %d:%d: -1 is no owner", r.UID, r.GID)
+	case r.Size < 0:
+		return fmt.Errorf("negative size %d", r.Size)
+	case r.Atime.Nsec < 0 || r.Atime.Nsec >= 1e9 || r.Mtime.Nsec < 0 || r.Mtime.Nsec >= 1e9:
+		return errors.New("nanoseconds out of range")
+	}
+	for _, x := range r.Xattrs {
+		if x.Name == "" || strings.IndexByte(x.Name, 0) >= 0 {
+			return fmt.Errorf("extended attribute name %q", x.Name)
+		}
+	}
+	return nil
 }
 
 func parseTime(s string) (unix.Timespec, error) {

@@ -29,6 +29,9 @@ type dirNode struct {
 type pool struct {
 	list func(w *worker, n *dirNode) error
 	post func(n *dirNode) error
+	// enter, if set, is called first by each worker goroutine (to take
+	// another identity on its thread: see creds.Worker).
+	enter func() error
 
 	mu       sync.Mutex // guards what follows
 	cond     *sync.Cond
@@ -60,6 +63,12 @@ func (p *pool) run(workers int) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if p.enter != nil {
+				if err := p.enter(); err != nil {
+					p.fail(err)
+					return
+				}
+			}
 			w := &worker{scratch: newScratch()}
 			for {
 				n := p.take()

@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/safeopen"
 )
 
 // Remove deletes the tree name in the directory parent (a path), with
@@ -22,12 +25,18 @@ import (
 // (another Remove of the same tree). Remove is idempotent; a crash leaves
 // part of the tree, which a later Remove finishes.
 func Remove(parent, name string, fs fsys.FS) error {
+	return RemoveAs(parent, name, fs, nil)
+}
+
+// RemoveAs is Remove with every goroutine that deletes calling enter first
+// (unless nil): creds.Worker, to delete with another user's identity.
+func RemoveAs(parent, name string, fs fsys.FS, enter func() error) error {
 	if fs == nil {
 		fs = fsys.OS{}
 	}
-	pfd, err := openDir(unix.AT_FDCWD, parent)
+	pfd, err := safeopen.OpenDir(parent)
 	if err != nil {
-		return fmt.Errorf("remove: open %s: %w", parent, err)
+		return fmt.Errorf("remove: %w", err)
 	}
 	defer unix.Close(pfd)
 	full := filepath.Join(parent, name)
@@ -53,7 +62,7 @@ func Remove(parent, name string, fs fsys.FS) error {
 		return fmt.Errorf("remove: open %s: %w", full, err)
 	}
 	defer unix.Close(r.rootFd)
-	r.pool = &pool{list: r.list, post: r.post}
+	r.pool = &pool{list: r.list, post: r.post, enter: enter}
 	// More goroutines than cores: a removal waits on the disk (freeing a
 	// directory's blocks, discarding them on a file system mounted with
 	// -o discard) more than it computes.
@@ -111,8 +120,11 @@ func (r *remover) retry(err error, dirfd int, name, full string, op func() error
 func (r *remover) list(w *worker, n *dirNode) error {
 	full := filepath.Join(r.root, n.rel)
 	var fd int
-	open := func() (err error) { fd, err = openDir(r.rootFd, dotIfEmpty(n.rel)); return err }
-	err := r.retry(open(), r.rootFd, dotIfEmpty(n.rel), full, open)
+	open := func() (err error) { fd, err = safeopen.OpenDirBeneath(r.rootFd, n.rel, full); return err }
+	err := open()
+	if errors.Is(err, unix.EACCES) {
+		err = r.retryAt(err, n.rel, open)
+	}
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -149,19 +161,64 @@ func (r *remover) list(w *worker, n *dirNode) error {
 
 // post removes directory n, now empty.
 func (r *remover) post(n *dirNode) error {
-	dirfd, name, parent := r.rootFd, n.rel, "."
 	if n.parent == nil {
-		dirfd, name, parent = r.pfd, r.name, ""
-	} else if n.parent.rel != "" {
-		parent = n.parent.rel
+		// The tree's own parent is not the tree's to change.
+		err := r.fs.Unlinkat(r.pfd, r.name, unix.AT_REMOVEDIR)
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove %s: %w", r.root, err)
+		}
+		return nil
 	}
+	full := filepath.Join(r.root, n.rel)
+	dirfd, name, err := r.parentOf(n.rel, full)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("remove %s: %w", full, err)
+	}
+	defer r.closeParent(dirfd)
 	rmdir := func() error { return r.fs.Unlinkat(dirfd, name, unix.AT_REMOVEDIR) }
-	err := rmdir()
-	if parent != "" { // the tree's own parent is not the tree's to change
-		err = r.retry(err, r.rootFd, parent, filepath.Join(r.root, parent), rmdir)
+	err = rmdir()
+	if errors.Is(err, unix.EACCES) {
+		err = r.retry(err, dirfd, ".", filepath.Join(r.root, n.parent.rel), rmdir)
 	}
 	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("remove %s: %w", filepath.Join(r.root, n.rel), err)
+		return fmt.Errorf("remove %s: %w", full, err)
 	}
 	return nil
+}
+
+// parentOf opens the directory holding rel (relative to the tree, not "")
+// beneath the tree without following a symlink, and returns it with rel's
+// base name; the tree's root itself is not opened again. Close it with
+// closeParent.
+func (r *remover) parentOf(rel, full string) (int, string, error) {
+	dir, base := path.Split(rel)
+	if dir == "" {
+		return r.rootFd, base, nil
+	}
+	fd, err := safeopen.OpenDirBeneath(r.rootFd, strings.TrimSuffix(dir, "/"), full)
+	return fd, base, err
+}
+
+func (r *remover) closeParent(fd int) {
+	if fd != r.rootFd {
+		unix.Close(fd)
+	}
+}
+
+// retryAt is retry for the directory rel of the tree ("" for its root),
+// reached beneath it.
+func (r *remover) retryAt(err error, rel string, op func() error) error {
+	full := filepath.Join(r.root, rel)
+	if rel == "" {
+		return r.retry(err, r.rootFd, ".", full, op)
+	}
+	dirfd, name, perr := r.parentOf(rel, full)
+	if perr != nil {
+		return errors.Join(err, perr)
+	}
+	defer r.closeParent(dirfd)
+	return r.retry(err, dirfd, name, full, op)
 }

@@ -9,17 +9,19 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/safeopen"
 )
 
-// Changed lists the hard-linked files among recs of the shadow at root whose
-// content was written in place since the manifest was taken: their size or
-// mtime differs from the record. The old content of such a file is lost,
-// since the shadow shares its inode. A recorded file that is missing from
-// the shadow, or is another inode, is an error: nothing but treetx changes a
-// shadow by name.
-func Changed(root string, recs Records) ([]string, error) {
+// Changed lists the hard-linked files among recs of the shadow open as
+// rootfd (at the path root, for messages) whose content was written in place
+// since the manifest was taken: their size or mtime differs from the record.
+// The old content of such a file is lost, since the shadow shares its inode.
+// A recorded file that is missing from the shadow, or is another inode, is
+// an error: nothing but treetx changes a shadow by name. Each file is
+// reached beneath rootfd without following a symlink.
+func Changed(rootfd int, root string, recs Records) ([]string, error) {
 	var changed []string
-	c := dirCursor{root: root, fd: -1}
+	c := dirCursor{root: root, rootfd: rootfd, fd: -1}
 	defer c.close()
 	err := recs(func(r Record) error {
 		var st unix.Stat_t
@@ -30,6 +32,9 @@ func Changed(root string, recs Records) ([]string, error) {
 		}
 		if err != nil {
 			return fmt.Errorf("check %s: %w", p, err)
+		}
+		if err := linkedType(p, &st); err != nil {
+			return fmt.Errorf("check %w", err)
 		}
 		if st.Ino != r.Ino {
 			return fmt.Errorf("check %s: inode %d, the manifest says %d: the shadow was changed by name", p, st.Ino, r.Ino)
@@ -42,7 +47,8 @@ func Changed(root string, recs Records) ([]string, error) {
 	return changed, err
 }
 
-// Restore gives the hard-linked files of recs in the tree at root the mode,
+// Restore gives the hard-linked files of recs in the tree open as rootfd
+// (at the path root, for messages) the mode,
 // owner, extended attributes and times the manifest recorded, where they
 // differ; a file written in place (size or mtime changed) keeps its times.
 // It is idempotent. A record whose path is missing or is another inode is skipped
@@ -54,12 +60,16 @@ func Changed(root string, recs Records) ([]string, error) {
 // to an inode sets its ctime, so an older ctime means the attributes are as
 // recorded. This saves a listxattr per file; it relies on the clock not
 // being set back during the transaction.
-func Restore(root string, recs Records, taken unix.Timespec, fs fsys.FS) (restored, skipped int64, err error) {
+//
+// Each file is reached beneath rootfd without following a symlink, and
+// changed only through its directory's descriptor with calls that do not
+// follow one either; set-id bits are given to regular files only.
+func Restore(rootfd int, root string, recs Records, taken unix.Timespec, fs fsys.FS) (restored, skipped int64, err error) {
 	if fs == nil {
 		fs = fsys.OS{}
 	}
 	var xb xattrBuf
-	c := dirCursor{root: root, fd: -1}
+	c := dirCursor{root: root, rootfd: rootfd, fd: -1}
 	defer c.close()
 	err = recs(func(r Record) error {
 		var st unix.Stat_t
@@ -79,6 +89,13 @@ func Restore(root string, recs Records, taken unix.Timespec, fs fsys.FS) (restor
 			skipped++
 			return nil
 		}
+		if err := linkedType(p, &st); err != nil {
+			return fmt.Errorf("restore %w", err)
+		}
+		mode := r.Mode
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			mode &^= unix.S_ISUID | unix.S_ISGID
+		}
 		did := false
 		if st.Uid != r.UID || st.Gid != r.GID {
 			if err := fs.Lchownat(dirfd, base, int(r.UID), int(r.GID)); err != nil {
@@ -89,7 +106,7 @@ func Restore(root string, recs Records, taken unix.Timespec, fs fsys.FS) (restor
 		}
 		have := r.Xattrs
 		if !before(st.Ctim, taken) {
-			if have, err = xb.ofPath(p); err != nil {
+			if have, err = xb.ofPath(fsys.AtPath(dirfd, base)); err != nil {
 				return fmt.Errorf("restore extended attributes of %s: %w", p, err)
 			}
 		}
@@ -102,8 +119,8 @@ func Restore(root string, recs Records, taken unix.Timespec, fs fsys.FS) (restor
 				return fmt.Errorf("restore %s: %w", p, err)
 			}
 		}
-		if st.Mode&07777 != r.Mode {
-			if err := fs.Fchmodat(dirfd, base, r.Mode); err != nil {
+		if st.Mode&07777 != mode {
+			if err := fs.Fchmodat(dirfd, base, mode); err != nil {
 				return fmt.Errorf("restore mode of %s: %w", p, err)
 			}
 			did = true
@@ -130,9 +147,10 @@ func Restore(root string, recs Records, taken unix.Timespec, fs fsys.FS) (restor
 // manifest's records name them (a directory's records are contiguous), so
 // that each file is reached relative to its directory's descriptor.
 type dirCursor struct {
-	root string
-	rel  string // the directory open as fd
-	fd   int    // -1 when none is open
+	root   string // the tree's path, for messages
+	rootfd int    // the tree, open
+	rel    string // the directory open as fd
+	fd     int    // -1 when none is open
 }
 
 // at returns the descriptor of rel's directory and rel's base name.
@@ -143,7 +161,7 @@ func (c *dirCursor) at(rel string) (dirfd int, base string, err error) {
 		return c.fd, base, nil
 	}
 	c.close()
-	if c.fd, err = openDir(unix.AT_FDCWD, joinRel(c.root, dotIfEmpty(dir))); err != nil {
+	if c.fd, err = safeopen.OpenDirBeneath(c.rootfd, dir, joinRel(c.root, dotIfEmpty(dir))); err != nil {
 		c.fd = -1
 		return -1, "", err
 	}
@@ -156,6 +174,16 @@ func (c *dirCursor) close() {
 		unix.Close(c.fd)
 		c.fd = -1
 	}
+}
+
+// linkedType refuses an entry a manifest record names that cannot be a
+// hard-linked file: a directory or a symlink.
+func linkedType(p string, st *unix.Stat_t) error {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR, unix.S_IFLNK:
+		return &safeopen.RefusedError{Path: p, Want: "a hard-linked file", Got: safeopen.TypeName(st.Mode)}
+	}
+	return nil
 }
 
 // before reports whether a is strictly earlier than b.

@@ -7,7 +7,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/creds"
 	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
 )
@@ -123,13 +125,13 @@ func (tx *Tx) putBack() error {
 		failedName = n.Failed(tx.j.ID)
 	}
 	if !swapped {
-		if err := tx.restore(n.Path(n.Complete)); err != nil {
+		if err := tx.restore(n.Complete); err != nil {
 			return err
 		}
 		if err := tx.swap(failedName); err != nil {
 			return err
 		}
-	} else if err := tx.restore(n.Dir); err != nil {
+	} else if err := tx.restore(n.Base); err != nil {
 		return err
 	}
 	// Step: the restored metadata and the exchange are durable before the
@@ -196,7 +198,7 @@ func (tx *Tx) swap(failedName string) error {
 func (tx *Tx) shadowInstalled() (bool, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(tx.pfd, tx.n.Base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && fileID(&st) == tx.j.Shadow {
-		return true, nil
+		return true, tx.isShadow(tx.n.Dir, &st)
 	}
 	if err := tx.expectShadowAt(tx.n.Complete); err != nil {
 		return false, err
@@ -211,10 +213,7 @@ func (tx *Tx) expectShadowAt(name string) error {
 	if err := unix.Fstatat(tx.pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("shadow %s: %w", p, err)
 	}
-	if fileID(&st) != tx.j.Shadow {
-		return fmt.Errorf("%s is not the shadow the journal records (inode %d on device %d; journal: inode %d on device %d)", p, st.Ino, st.Dev, tx.j.Shadow.Ino, tx.j.Shadow.Dev)
-	}
-	return nil
+	return tx.isShadow(p, &st)
 }
 
 // stopWatch ends the file-system watch, if there is one, and keeps the
@@ -239,9 +238,12 @@ func (tx *Tx) stopWatch() {
 // records opens the manifest and returns the records to check: every one,
 // or those of the files the watch saw touched. The caller closes f.
 func (tx *Tx) records() (f *os.File, recs snapshot.Records, err error) {
-	if f, err = os.Open(tx.n.Path(tx.n.Meta)); err != nil {
+	path := tx.n.Path(tx.n.Meta)
+	fd, _, err := safeopen.OpenAt(tx.pfd, tx.n.Meta, path, unix.O_RDONLY, 0, safeopen.Regular, tx.j.ManifestRules())
+	if err != nil {
 		return nil, nil, fmt.Errorf("open manifest: %w", err)
 	}
+	f = os.NewFile(uintptr(fd), path)
 	if tx.all {
 		return f, snapshot.AllRecords(f), nil
 	}
@@ -250,16 +252,51 @@ func (tx *Tx) records() (f *os.File, recs snapshot.Records, err error) {
 
 // changed lists the linked files of the shadow at name written in place.
 func (tx *Tx) changed(name string) ([]string, error) {
+	rootfd, err := tx.openShadow(name)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(rootfd)
 	f, recs, err := tx.records()
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return snapshot.Changed(tx.n.Path(name), recs)
+	return snapshot.Changed(rootfd, tx.n.Path(name), recs)
 }
 
-// restore gives the linked files under root their recorded metadata.
-func (tx *Tx) restore(root string) error {
+// openShadow opens the shadow at name, without following a symlink, and
+// checks it is the journal's.
+func (tx *Tx) openShadow(name string) (int, error) {
+	p := tx.n.Path(name)
+	fd, st, err := safeopen.OpenAt(tx.pfd, name, p, unix.O_RDONLY, 0, safeopen.Directory, safeopen.Rules{})
+	if err != nil {
+		return -1, fmt.Errorf("shadow: %w", err)
+	}
+	if err := tx.isShadow(p, st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// isShadow checks that st, the entry at p, is the journal's shadow.
+func (tx *Tx) isShadow(p string, st *unix.Stat_t) error {
+	if fileID(st) != tx.j.Shadow {
+		return fmt.Errorf("%s is not the shadow the journal records (inode %d on device %d; journal: inode %d on device %d)", p, st.Ino, st.Dev, tx.j.Shadow.Ino, tx.j.Shadow.Dev)
+	}
+	return tx.j.CheckShadow(p, st)
+}
+
+// restore gives the linked files of the shadow at name (Complete, or the
+// directory's own name once it is installed) their recorded metadata.
+func (tx *Tx) restore(name string) error {
+	rootfd, err := tx.openShadow(name)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(rootfd)
+	root := tx.n.Path(name)
 	f, recs, err := tx.records()
 	if err != nil {
 		return err
@@ -270,7 +307,7 @@ func (tx *Tx) restore(root string) error {
 		return fmt.Errorf("stat manifest: %w", err)
 	}
 	tx.step("restore metadata", root)
-	restored, skipped, err := snapshot.Restore(root, recs, st.Mtim, tx.fs)
+	restored, skipped, err := snapshot.Restore(rootfd, root, recs, st.Mtim, tx.fs)
 	if err != nil {
 		return err
 	}
@@ -282,9 +319,14 @@ func (tx *Tx) restore(root string) error {
 // by n, whose journal is j, under lk, an exclusive lock on n.Lock the caller
 // took (the Tx releases it when it finishes). Call Commit if j's phase is
 // PhaseCommit, Rollback otherwise.
-func Resume(n Names, j *Journal, lk *lock.Lock, fs fsys.FS) (*Tx, error) {
+//
+// as, if not nil, is the identity every step is taken with: the caller runs
+// Commit or Rollback through creds.Do(as, ...), and the trees the
+// transaction deletes are deleted with it too.
+func Resume(n Names, j *Journal, lk *lock.Lock, fs fsys.FS, as *creds.ID) (*Tx, error) {
 	tx := newTx(n, lk, fs, nil)
 	tx.j = *j
+	tx.enter = creds.Worker(as)
 	var err error
 	if tx.pfd, err = openDir(n.Parent); err != nil {
 		tx.close()

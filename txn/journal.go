@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/safeopen"
 )
 
 // JournalVersion is the version of the journal format this package writes.
@@ -61,6 +62,38 @@ type Journal struct {
 	// Lost lists the hard-linked files whose old content a rollback found
 	// written in place (phase rollback only).
 	Lost []string `json:"lost,omitempty"`
+	// Owner is the uid that owns the journal file, as ReadJournal found
+	// it (not part of the journal's text): the transaction's owner, whom
+	// its manifest and shadow must belong to (see CheckShadow).
+	Owner uint32 `json:"-"`
+}
+
+// MaxJournal bounds the size of a journal treetx reads.
+const MaxJournal = 1 << 20
+
+// journalRules are what a journal file must satisfy: treetx writes it as
+// a new file (one link) that only its owner may write.
+var journalRules = safeopen.Rules{OneLink: true, NotWritable: true}
+
+// CheckShadow says whether st, the entry at path holding the inode j
+// records as its shadow, may be treated as j's shadow: a directory owned by
+// j's owner, or, when root owns j, by anyone (root gives the shadow the
+// directory's owner). Another user's directory that reuses a dead shadow's
+// inode number is refused.
+func (j *Journal) CheckShadow(path string, st *unix.Stat_t) error {
+	r := safeopen.Rules{}
+	if j.Owner != 0 {
+		r.Owner = &j.Owner
+	}
+	return safeopen.Check(path, st, safeopen.Directory, r)
+}
+
+// ManifestRules are what the manifest of a transaction whose journal is j
+// must satisfy: a file with one link, owned by j's owner, that only its
+// owner may write.
+func (j *Journal) ManifestRules() safeopen.Rules {
+	owner := j.Owner
+	return safeopen.Rules{OneLink: true, NotWritable: true, Owner: &owner}
 }
 
 // Errors reading a journal. Both mean recovery must not act on it.
@@ -71,12 +104,27 @@ var (
 
 // ReadJournal reads and checks the journal at path. A missing journal is
 // reported as an error satisfying errors.Is(err, fs.ErrNotExist).
+//
+// The journal is read without following a symlink or blocking on a FIFO,
+// and must be a regular file with one link that neither group nor others
+// may write, of at most MaxJournal bytes; anything else is refused with a
+// *safeopen.RefusedError. Journal.Owner is set to the file's owner.
 func ReadJournal(path string) (*Journal, error) {
-	data, err := os.ReadFile(path)
+	pfd, err := safeopen.OpenDir(filepath.Dir(path))
 	if err != nil {
 		return nil, err
 	}
-	return parseJournal(path, data)
+	defer unix.Close(pfd)
+	data, st, err := safeopen.ReadFile(pfd, filepath.Base(path), path, MaxJournal, journalRules)
+	if err != nil {
+		return nil, err
+	}
+	j, err := parseJournal(path, data)
+	if err != nil {
+		return nil, err
+	}
+	j.Owner = st.Uid
+	return j, nil
 }
 
 func parseJournal(path string, data []byte) (*Journal, error) {
@@ -102,6 +150,11 @@ func parseJournal(path string, data []byte) (*Journal, error) {
 		return nil, fmt.Errorf("%s: %w: bad id %q", path, ErrJournalCorrupt, j.ID)
 	case j.Shadow.Ino == 0:
 		return nil, fmt.Errorf("%s: %w: no shadow inode", path, ErrJournalCorrupt)
+	}
+	for _, l := range j.Lost {
+		if err := safeopen.CheckRel(l, false); err != nil {
+			return nil, fmt.Errorf("%s: %w: lost file: %v", path, ErrJournalCorrupt, err)
+		}
 	}
 	switch j.Phase {
 	case PhaseSnapshot, PhaseRunning, PhaseCommit, PhaseRollback:

@@ -31,7 +31,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fswatch"
+	"github.com/treetx/treetx/internal/creds"
 	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
 )
@@ -89,6 +91,9 @@ type Tx struct {
 	deferRm bool
 	garbage []string // trees named for removal, when deferRm
 	done    bool
+	// enter, if set, gives each goroutine that deletes a tree the identity
+	// the transaction is resumed with (see Resume).
+	enter func() error
 
 	// watch sees which files are touched from the build on; index finds
 	// their manifest records. Both nil without a watch.
@@ -189,6 +194,7 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 		return tx, err
 	}
 	tx.j.Version, tx.j.PID, tx.j.Host, tx.j.User = JournalVersion, os.Getpid(), holder.Host, holder.User
+	tx.j.Owner = uint32(os.Geteuid())
 	tx.j.Command, tx.j.Start = cmd, time.Now().UTC().Truncate(time.Millisecond)
 
 	var st unix.Stat_t
@@ -319,11 +325,57 @@ func (tx *Tx) checkClean() error {
 		}
 	}
 	for _, name := range []string{n.JournalTmp, n.Meta} {
-		if err := tx.fs.Unlinkat(tx.pfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		err := tx.fs.Unlinkat(tx.pfd, name, 0)
+		if errors.Is(err, unix.EISDIR) {
+			// Not treetx's (it makes files there), but under its name:
+			// garbage, named for removal and deleted with the rest.
+			err = tx.nameForRemoval(name)
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove stale %s: %w", n.Path(name), err)
 		}
 	}
 	return nil
+}
+
+// nameForRemoval renames the tree name in the parent to a new removal
+// name, durably.
+func (tx *Tx) nameForRemoval(name string) error {
+	for try := 0; ; try++ {
+		id, err := newID()
+		if err != nil {
+			return err
+		}
+		tx.step("rename", tx.n.Removing(id))
+		err = tx.fs.Renameat2(tx.pfd, name, tx.pfd, tx.n.Removing(id), unix.RENAME_NOREPLACE)
+		if err == nil {
+			return tx.fsyncParent()
+		}
+		if !errors.Is(err, unix.EEXIST) || try >= 3 {
+			return fmt.Errorf("rename %s to %s: %w", tx.n.Path(name), tx.n.Removing(id), err)
+		}
+	}
+}
+
+// RemoveTree deletes a tree under one of treetx's names that no journal
+// claims (a removal name an earlier transaction left, a failed tree gc
+// expires, a directory planted under a file's name): name in the parent pfd
+// of the directory n, never following a symlink nor leaving its file
+// system. enter, if not nil, is the identity to delete with (see Resume).
+// Else, as root, a tree whose root another user owns than root or the owner
+// of the directory n (to whom the shadows of root's transactions belong) is
+// deleted with that user's identity: it may have been planted, and root then
+// deletes no more of it than its owner could.
+func RemoveTree(n Names, pfd int, name string, fs fsys.FS, enter func() error) error {
+	if enter == nil && os.Geteuid() == 0 {
+		var st, dst unix.Stat_t
+		if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Uid != 0 &&
+			(unix.Fstatat(pfd, n.Base, &dst, unix.AT_SYMLINK_NOFOLLOW) != nil || dst.Uid != st.Uid) {
+			id := creds.Of(st.Uid)
+			enter = creds.Worker(&id)
+		}
+	}
+	return snapshot.RemoveAs(n.Parent, name, fs, enter)
 }
 
 // Dir is the directory of the transaction (resolved, absolute).
@@ -397,13 +449,13 @@ func (tx *Tx) discard() error {
 			}
 			return fmt.Errorf("stat %s: %w", n.Path(name), err)
 		}
-		if fileID(&st) != tx.j.Shadow {
-			return fmt.Errorf("%s is not the shadow the journal records (inode %d, journal %d): left alone", n.Path(name), st.Ino, tx.j.Shadow.Ino)
+		if err := tx.isShadow(n.Path(name), &st); err != nil {
+			return fmt.Errorf("%w: left alone", err)
 		}
 		tx.step("rename", n.Removing(tx.j.ID))
 		if err := tx.fs.Renameat2(tx.pfd, name, tx.pfd, n.Removing(tx.j.ID), unix.RENAME_NOREPLACE); err != nil {
 			tx.step("remove tree in place", name)
-			if rmErr := snapshot.Remove(n.Parent, name, tx.fs); rmErr != nil {
+			if rmErr := snapshot.RemoveAs(n.Parent, name, tx.fs, tx.enter); rmErr != nil {
 				return errors.Join(fmt.Errorf("rename %s to %s: %w", n.Path(name), n.Removing(tx.j.ID), err), rmErr)
 			}
 			continue
@@ -450,7 +502,7 @@ func (tx *Tx) finish() error {
 // removeGarbage deletes every tree of the directory named for removal, or
 // with DeferRemoval lists them in tx.garbage.
 func (tx *Tx) removeGarbage() error {
-	names, err := readNames(tx.n.Parent)
+	names, err := safeopen.ReadNames(tx.pfd, tx.n.Parent)
 	if err != nil {
 		return err
 	}
@@ -464,7 +516,12 @@ func (tx *Tx) removeGarbage() error {
 			continue
 		}
 		tx.step("remove tree", name)
-		errs = append(errs, snapshot.Remove(tx.n.Parent, name, tx.fs))
+		if name == tx.n.Removing(tx.j.ID) {
+			// This transaction's own: the shadow or the failed tree.
+			errs = append(errs, snapshot.RemoveAs(tx.n.Parent, name, tx.fs, tx.enter))
+			continue
+		}
+		errs = append(errs, RemoveTree(tx.n, tx.pfd, name, tx.fs, tx.enter))
 	}
 	return errors.Join(errs...)
 }
@@ -506,23 +563,7 @@ func removalBase(name string) (string, bool) {
 	return base, true
 }
 
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
-}
-
-func openDir(path string) (int, error) {
-	for {
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
-}
+func openDir(path string) (int, error) { return safeopen.OpenDir(path) }
 
 // fdWriter writes to a descriptor through the seam.
 type fdWriter struct {

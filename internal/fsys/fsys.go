@@ -14,6 +14,7 @@ package fsys
 
 import (
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,7 +43,7 @@ type FS interface {
 	Fsync(fd int) error
 	// Syncfs flushes every dirty page and inode of the file system holding fd.
 	Syncfs(fd int) error
-	// Fchmodat sets the mode of name in dirfd (never a symlink).
+	// Fchmodat sets the mode of name in dirfd, never following a symlink.
 	Fchmodat(dirfd int, name string, mode uint32) error
 	// Lchownat sets the owner of name in dirfd without following symlinks.
 	Lchownat(dirfd int, name string, uid, gid int) error
@@ -122,9 +123,25 @@ func (OS) Syncfs(fd int) error {
 	return ignoringEINTR(func() error { return unix.Syncfs(fd) })
 }
 
-// Fchmodat implements FS.
+// Fchmodat implements FS. It never follows a symlink: fchmodat2 with
+// AT_SYMLINK_NOFOLLOW (Linux 6.6), so that a name swapped for a symlink
+// after it was checked cannot redirect the change; older kernels, which
+// lack it, get fchmodat, which follows one.
 func (OS) Fchmodat(dirfd int, name string, mode uint32) error {
-	return ignoringEINTR(func() error { return unix.Fchmodat(dirfd, name, mode, 0) })
+	return ignoringEINTR(func() error {
+		p, err := unix.BytePtrFromString(name)
+		if err != nil {
+			return err
+		}
+		_, _, errno := unix.Syscall6(unix.SYS_FCHMODAT2, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(mode), unix.AT_SYMLINK_NOFOLLOW, 0, 0)
+		switch errno {
+		case 0:
+			return nil
+		case unix.ENOSYS:
+			return unix.Fchmodat(dirfd, name, mode, 0)
+		}
+		return errno
+	})
 }
 
 // Lchownat implements FS.
