@@ -436,17 +436,29 @@ func ReadHolder(path string) (*Holder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: read holder record: %w", path, err)
 	}
+	h, err := parseHolder(data)
+	if h == nil || err != nil {
+		if err != nil {
+			err = fmt.Errorf("lock %s: read holder record: %w", path, err)
+		}
+		return nil, err
+	}
+	h.Stale = false
+	if host, err := os.Hostname(); err == nil && host == h.Host {
+		h.Stale = !processRunning(h.PID, h.Since)
+	}
+	return h, nil
+}
+
+// parseHolder decodes a holder record: nil for a blank one.
+func parseHolder(data []byte) (*Holder, error) {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
 		return nil, nil
 	}
 	var h Holder
 	if err := json.Unmarshal(data, &h); err != nil {
-		return nil, fmt.Errorf("lock %s: read holder record: %w", path, err)
-	}
-	h.Stale = false
-	if host, err := os.Hostname(); err == nil && host == h.Host {
-		h.Stale = !processRunning(h.PID, h.Since)
+		return nil, err
 	}
 	return &h, nil
 }
