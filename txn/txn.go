@@ -30,8 +30,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/treetx/treetx/internal/fswatch"
 	"github.com/treetx/treetx/internal/creds"
+	"github.com/treetx/treetx/internal/fswatch"
 	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
