@@ -531,7 +531,7 @@ func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) (pr
 		if (txn.FileID{Dev: uint64(st.Dev), Ino: st.Ino}) != j.Shadow {
 			return false, true
 		}
-		if err := j.CheckShadow(n.Path(name), &st); err != nil {
+		if err := j.CheckShadow(unix.AT_FDCWD, n.Path(name), n.Path(name), &st); err != nil {
 			untrusted = err
 			return false, true
 		}

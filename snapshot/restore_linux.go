@@ -19,7 +19,11 @@ import (
 // A recorded file that is missing from the shadow, or is another inode, is
 // an error: nothing but treetx changes a shadow by name. Each file is
 // reached beneath rootfd without following a symlink.
-func Changed(rootfd int, root string, recs Records) ([]string, error) {
+//
+// taken is when the manifest was complete (its mtime): a file born after it
+// (where the file system keeps birth times) is not the one recorded but
+// another that reuses its inode number, and is an error too.
+func Changed(rootfd int, root string, recs Records, taken unix.Timespec) ([]string, error) {
 	var changed []string
 	c := dirCursor{root: root, rootfd: rootfd, fd: -1}
 	defer c.close()
@@ -27,11 +31,16 @@ func Changed(rootfd int, root string, recs Records) ([]string, error) {
 		var st unix.Stat_t
 		p := joinRel(root, r.Path)
 		dirfd, base, err := c.at(r.Path)
+		var born unix.Timespec
+		var hasBorn bool
 		if err == nil {
-			err = lstatAt(dirfd, base, &st)
+			born, hasBorn, err = safeopen.StatBorn(dirfd, base, &st)
 		}
 		if err != nil {
 			return fmt.Errorf("check %s: %w", p, err)
+		}
+		if hasBorn && st.Ino == r.Ino && safeopen.After(born, taken) {
+			return fmt.Errorf("check %s: inode %d was born after the manifest: not the file recorded, another that reuses its number", p, st.Ino)
 		}
 		if err := linkedType(p, &st); err != nil {
 			return fmt.Errorf("check %w", err)
@@ -75,8 +84,10 @@ func Restore(rootfd int, root string, recs Records, taken unix.Timespec, fs fsys
 		var st unix.Stat_t
 		p := joinRel(root, r.Path)
 		dirfd, base, err := c.at(r.Path)
+		var born unix.Timespec
+		var hasBorn bool
 		if err == nil {
-			err = lstatAt(dirfd, base, &st)
+			born, hasBorn, err = safeopen.StatBorn(dirfd, base, &st)
 		}
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -85,7 +96,8 @@ func Restore(rootfd int, root string, recs Records, taken unix.Timespec, fs fsys
 			}
 			return fmt.Errorf("restore %s: %w", p, err)
 		}
-		if st.Ino != r.Ino {
+		if st.Ino != r.Ino || hasBorn && safeopen.After(born, taken) {
+			// Another file, or another that reuses its inode number.
 			skipped++
 			return nil
 		}

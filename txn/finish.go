@@ -198,7 +198,7 @@ func (tx *Tx) swap(failedName string) error {
 func (tx *Tx) shadowInstalled() (bool, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(tx.pfd, tx.n.Base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && fileID(&st) == tx.j.Shadow {
-		return true, tx.isShadow(tx.n.Dir, &st)
+		return true, tx.isShadow(tx.n.Base, &st)
 	}
 	if err := tx.expectShadowAt(tx.n.Complete); err != nil {
 		return false, err
@@ -213,7 +213,7 @@ func (tx *Tx) expectShadowAt(name string) error {
 	if err := unix.Fstatat(tx.pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("shadow %s: %w", p, err)
 	}
-	return tx.isShadow(p, &st)
+	return tx.isShadow(name, &st)
 }
 
 // stopWatch ends the file-system watch, if there is one, and keeps the
@@ -262,7 +262,11 @@ func (tx *Tx) changed(name string) ([]string, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return snapshot.Changed(rootfd, tx.n.Path(name), recs)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("stat manifest: %w", err)
+	}
+	return snapshot.Changed(rootfd, tx.n.Path(name), recs, st.Mtim)
 }
 
 // openShadow opens the shadow at name, without following a symlink, and
@@ -273,19 +277,21 @@ func (tx *Tx) openShadow(name string) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("shadow: %w", err)
 	}
-	if err := tx.isShadow(p, st); err != nil {
+	if err := tx.isShadow(name, st); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
 	return fd, nil
 }
 
-// isShadow checks that st, the entry at p, is the journal's shadow.
-func (tx *Tx) isShadow(p string, st *unix.Stat_t) error {
+// isShadow checks that st, the entry name in the parent, is the journal's
+// shadow.
+func (tx *Tx) isShadow(name string, st *unix.Stat_t) error {
+	p := tx.n.Path(name)
 	if fileID(st) != tx.j.Shadow {
 		return fmt.Errorf("%s is not the shadow the journal records (inode %d on device %d; journal: inode %d on device %d)", p, st.Ino, st.Dev, tx.j.Shadow.Ino, tx.j.Shadow.Dev)
 	}
-	return tx.j.CheckShadow(p, st)
+	return tx.j.CheckShadow(tx.pfd, name, p, st)
 }
 
 // restore gives the linked files of the shadow at name (Complete, or the

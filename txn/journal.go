@@ -66,6 +66,9 @@ type Journal struct {
 	// it (not part of the journal's text): the transaction's owner, whom
 	// its manifest and shadow must belong to (see CheckShadow).
 	Owner uint32 `json:"-"`
+	// written is the journal file's mtime, as ReadJournal found it; zero
+	// for a journal this process writes.
+	written unix.Timespec
 }
 
 // MaxJournal bounds the size of a journal treetx reads.
@@ -75,17 +78,27 @@ const MaxJournal = 1 << 20
 // a new file (one link) that only its owner may write.
 var journalRules = safeopen.Rules{OneLink: true, NotWritable: true}
 
-// CheckShadow says whether st, the entry at path holding the inode j
-// records as its shadow, may be treated as j's shadow: a directory owned by
-// j's owner, or, when root owns j, by anyone (root gives the shadow the
-// directory's owner). Another user's directory that reuses a dead shadow's
+// CheckShadow says whether st, the entry name in dirfd (at path) holding
+// the inode j records as its shadow, may be treated as j's shadow: a
+// directory owned by j's owner, or, when root owns j, by anyone (root gives
+// the shadow the directory's owner); and, where the file system keeps birth
+// times, born before the journal read was last written (the shadow is made
+// before the first journal write). A directory that reuses a dead shadow's
 // inode number is refused.
-func (j *Journal) CheckShadow(path string, st *unix.Stat_t) error {
+func (j *Journal) CheckShadow(dirfd int, name, path string, st *unix.Stat_t) error {
 	r := safeopen.Rules{}
 	if j.Owner != 0 {
 		r.Owner = &j.Owner
 	}
-	return safeopen.Check(path, st, safeopen.Directory, r)
+	if err := safeopen.Check(path, st, safeopen.Directory, r); err != nil {
+		return err
+	}
+	if j.written != (unix.Timespec{}) {
+		if born, ok := safeopen.Born(dirfd, name); ok && safeopen.After(born, j.written) {
+			return &safeopen.RefusedError{Path: path, Want: "the shadow, made before the journal was written", Got: "a directory made after it, that reuses the shadow's inode number"}
+		}
+	}
+	return nil
 }
 
 // ManifestRules are what the manifest of a transaction whose journal is j
@@ -123,7 +136,7 @@ func ReadJournal(path string) (*Journal, error) {
 	if err != nil {
 		return nil, err
 	}
-	j.Owner = st.Uid
+	j.Owner, j.written = st.Uid, st.Mtim
 	return j, nil
 }
 

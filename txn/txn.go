@@ -449,7 +449,7 @@ func (tx *Tx) discard() error {
 			}
 			return fmt.Errorf("stat %s: %w", n.Path(name), err)
 		}
-		if err := tx.isShadow(n.Path(name), &st); err != nil {
+		if err := tx.isShadow(name, &st); err != nil {
 			return fmt.Errorf("%w: left alone", err)
 		}
 		tx.step("rename", n.Removing(tx.j.ID))

@@ -347,3 +347,50 @@ func clearNonblock(fd int) error {
 	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
 	return err
 }
+
+// Born returns when name in dirfd was created (statx's birth time), not
+// following a symlink, and whether the file system keeps it.
+func Born(dirfd int, name string) (unix.Timespec, bool) {
+	var stx unix.Statx_t
+	if err := unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BTIME, &stx); err != nil || stx.Mask&unix.STATX_BTIME == 0 {
+		return unix.Timespec{}, false
+	}
+	return unix.Timespec{Sec: stx.Btime.Sec, Nsec: int64(stx.Btime.Nsec)}, true
+}
+
+// StatBorn is Lstat of name in dirfd that also returns its birth time, and
+// whether the file system keeps it, in one statx call.
+func StatBorn(dirfd int, name string, st *unix.Stat_t) (born unix.Timespec, ok bool, err error) {
+	var stx unix.Statx_t
+	for {
+		err = unix.Statx(dirfd, name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &stx)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return born, false, err
+	}
+	*st = unix.Stat_t{
+		Dev:   unix.Mkdev(stx.Dev_major, stx.Dev_minor),
+		Ino:   stx.Ino,
+		Nlink: uint64(stx.Nlink),
+		Mode:  uint32(stx.Mode),
+		Uid:   stx.Uid,
+		Gid:   stx.Gid,
+		Rdev:  unix.Mkdev(stx.Rdev_major, stx.Rdev_minor),
+		Size:  int64(stx.Size),
+		Atim:  unix.Timespec{Sec: stx.Atime.Sec, Nsec: int64(stx.Atime.Nsec)},
+		Mtim:  unix.Timespec{Sec: stx.Mtime.Sec, Nsec: int64(stx.Mtime.Nsec)},
+		Ctim:  unix.Timespec{Sec: stx.Ctime.Sec, Nsec: int64(stx.Ctime.Nsec)},
+	}
+	if stx.Mask&unix.STATX_BTIME != 0 {
+		born, ok = unix.Timespec{Sec: stx.Btime.Sec, Nsec: int64(stx.Btime.Nsec)}, true
+	}
+	return born, ok, nil
+}
+
+// After reports whether a is strictly later than b.
+func After(a, b unix.Timespec) bool {
+	return a.Sec > b.Sec || a.Sec == b.Sec && a.Nsec > b.Nsec
+}
