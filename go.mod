@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/gofrs/flock v0.13.1
+	github.com/karrick/godirwalk v1.17.0
 	github.com/spf13/cobra v1.10.2
 	golang.org/x/sys v0.49.0
 )

@@ -15,13 +15,14 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/karrick/godirwalk"
 )
 
 // Entry describes one entry of a tree, relative to the tree's root.
@@ -81,7 +82,34 @@ func Capture(root string, opts Options) (Image, error) {
 		return nil, fmt.Errorf("treeimage: capture %s: root is not a directory", root)
 	}
 	c := capturer{root: root, opts: opts}
-	if err := c.walk(".", fi); err != nil {
+	// A walk by path is what a test image needs, and safe here: the trees
+	// are the tests' own. (Root's scan and gc walk by descriptor instead:
+	// see recover/scan_linux.go.)
+	err = godirwalk.Walk(root, &godirwalk.Options{
+		Unsorted:            true, // sorted below
+		FollowSymbolicLinks: false,
+		Callback: func(abs string, de *godirwalk.Dirent) error {
+			rel, err := filepath.Rel(root, abs)
+			if err != nil {
+				return err
+			}
+			rel = filepath.ToSlash(rel)
+			if rel != "." && c.opts.Ignore != nil && c.opts.Ignore(rel) {
+				return godirwalk.SkipThis
+			}
+			efi, err := os.Lstat(abs)
+			if err != nil {
+				return fmt.Errorf("treeimage: capture: %w", err)
+			}
+			e, err := c.entry(abs, rel, efi)
+			if err != nil {
+				return err
+			}
+			c.img = append(c.img, e)
+			return nil
+		},
+	})
+	if err != nil {
 		return nil, err
 	}
 	slices.SortFunc(c.img, byPath)
@@ -92,36 +120,6 @@ type capturer struct {
 	root string
 	opts Options
 	img  Image
-}
-
-func (c *capturer) walk(rel string, fi fs.FileInfo) error {
-	abs := filepath.Join(c.root, filepath.FromSlash(rel))
-	e, err := c.entry(abs, rel, fi)
-	if err != nil {
-		return err
-	}
-	c.img = append(c.img, e)
-	if e.Type != "dir" {
-		return nil
-	}
-	des, err := os.ReadDir(abs)
-	if err != nil {
-		return fmt.Errorf("treeimage: capture: %w", err)
-	}
-	for _, de := range des {
-		child := path.Join(rel, de.Name())
-		if c.opts.Ignore != nil && c.opts.Ignore(child) {
-			continue
-		}
-		cfi, err := os.Lstat(filepath.Join(abs, de.Name()))
-		if err != nil {
-			return fmt.Errorf("treeimage: capture: %w", err)
-		}
-		if err := c.walk(child, cfi); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (c *capturer) entry(abs, rel string, fi fs.FileInfo) (Entry, error) {
