@@ -1,6 +1,6 @@
 module github.com/treetx/treetx
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/gofrs/flock v0.13.1
