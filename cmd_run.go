@@ -72,7 +72,7 @@ written in place whose old content is lost; 64 for a bad command line.`,
 func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *globals, stderr io.Writer) error {
 	opts := txn.RunOptions{Options: txn.Options{
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
-		LockTimeout: time.Duration(o.lockTimeout), Command: argv,
+		LockTimeout: time.Duration(o.lockTimeout), NoWait: o.lockTimeout == 0, Command: argv,
 		Logger: newLogger(g, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 		FullCheck: o.fullCheck,
 	}}

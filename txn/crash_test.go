@@ -208,7 +208,7 @@ func checkInvariant(t *testing.T, dir string, want treeimage.Image, opts treeima
 	}
 	var left []string
 	for _, e := range names {
-		if e.Name() != "repo" && e.Name() != ".#treetx.repo.lock" {
+		if e.Name() != "repo" && e.Name() != ".#treetx.repo.lock" && e.Name() != ".#treetx.repo.gate" {
 			left = append(left, e.Name())
 		}
 	}

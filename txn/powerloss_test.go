@@ -678,7 +678,7 @@ func (c *checker) check(k int, keep func(int) bool) {
 	}
 	ents, _ := os.ReadDir(p)
 	for _, e := range ents {
-		if e.Name() != "repo" && e.Name() != ".#treetx.repo.lock" {
+		if e.Name() != "repo" && e.Name() != ".#treetx.repo.lock" && e.Name() != ".#treetx.repo.gate" {
 			fail("left behind: %s", e.Name())
 			return
 		}

@@ -48,9 +48,12 @@ type Options struct {
 	// with CVSROOT/) snapshot.CVSCopies are added unless NoCVSCopies is set.
 	Copy        []string
 	NoCVSCopies bool
-	// LockTimeout bounds the wait for the directory's lock: negative waits
-	// indefinitely, zero tries once.
+	// LockTimeout bounds the wait for the directory's lock; zero (the
+	// default) or negative waits until it is had, as the command line does.
 	LockTimeout time.Duration
+	// NoWait tries the lock once instead of waiting (flock -n): a held
+	// lock fails Begin at once with a *lock.HeldError.
+	NoWait bool
 	// Command is recorded in the journal and the lock file; os.Args if nil.
 	Command []string
 	// FS performs every mutation; nil means fsys.OS.
@@ -167,7 +170,7 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 		cmd = os.Args
 	}
 	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lock.Options{
-		Mode: lock.Exclusive, Timeout: opts.LockTimeout, Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd},
+		Mode: lock.Exclusive, Timeout: opts.lockTimeout(), Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd},
 	})
 	if err != nil {
 		return nil, err
@@ -233,6 +236,18 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 		return tx, err
 	}
 	return tx, nil
+}
+
+// lockTimeout is the wait for the lock in lock.Options's terms (negative:
+// until had; zero: once).
+func (o *Options) lockTimeout() time.Duration {
+	switch {
+	case o.NoWait:
+		return 0
+	case o.LockTimeout <= 0:
+		return -1
+	}
+	return o.LockTimeout
 }
 
 func newTx(n Names, lk *lock.Lock, fs fsys.FS, log *slog.Logger) *Tx {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,7 +19,8 @@ import (
 	"github.com/treetx/treetx/txn"
 )
 
-// leftovers lists what is beside dir other than dir and its lock file.
+// leftovers lists what is beside dir other than dir, its lock file and
+// its gate.
 func leftovers(t *testing.T, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(filepath.Dir(dir))
@@ -28,7 +30,7 @@ func leftovers(t *testing.T, dir string) []string {
 	var left []string
 	base := filepath.Base(dir)
 	for _, e := range ents {
-		if e.Name() != base && e.Name() != ".#treetx."+base+".lock" {
+		if e.Name() != base && e.Name() != ".#treetx."+base+".lock" && e.Name() != ".#treetx."+base+".gate" {
 			left = append(left, e.Name())
 		}
 	}
@@ -242,8 +244,9 @@ func TestBeginRefuses(t *testing.T) {
 			if dir == "/" {
 				return
 			}
-			after := slices.DeleteFunc(listing(t, filepath.Dir(dir)), func(s string) bool { return strings.HasSuffix(s, ".lock") })
-			before = slices.DeleteFunc(before, func(s string) bool { return strings.HasSuffix(s, ".lock") })
+			lockFiles := func(s string) bool { return strings.HasSuffix(s, ".lock") || strings.HasSuffix(s, ".gate") }
+			after := slices.DeleteFunc(listing(t, filepath.Dir(dir)), lockFiles)
+			before = slices.DeleteFunc(before, lockFiles)
 			if !slices.Equal(before, after) {
 				t.Errorf("parent changed: before %v, after %v", before, after)
 			}
@@ -308,13 +311,33 @@ func TestBeginWaitsForTheLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	_, err = txn.Begin(dir, txn.Options{LockTimeout: 0})
+	_, err = txn.Begin(dir, txn.Options{NoWait: true})
 	var held *lock.HeldError
 	if !errors.As(err, &held) {
 		t.Fatalf("second Begin: %v, want a *lock.HeldError", err)
 	}
 	if held.Holder == nil || held.Holder.PID != os.Getpid() {
 		t.Errorf("holder %v, want this process", held.Holder)
+	}
+	// The zero Options wait for the lock, as the command line does.
+	got := make(chan error, 1)
+	go func() {
+		tx2, err := txn.Begin(dir, txn.Options{})
+		if err == nil {
+			_, err = tx2.Rollback()
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("Begin with zero Options did not wait for the held lock: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("Begin with zero Options, once the lock was free: %v", err)
 	}
 }
 
