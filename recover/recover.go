@@ -23,7 +23,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/treetx/treetx/internal/creds"
 	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
@@ -141,7 +140,7 @@ type Options struct {
 	// DryRun inspects and says what would be done, without doing it.
 	DryRun bool
 	// FS performs every mutation; nil means fsys.OS.
-	FS fsys.FS
+	FS txn.FS
 	// NoFollow takes the directory path as it is, in a parent whose path
 	// holds no symlink (as Scan returns them), rather than resolving
 	// symlinks: a directory that is a symlink is then refused (treetx's
@@ -292,21 +291,7 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	}
 	// As root, the transaction of another user is finished with that
 	// user's identity: a planted journal can do no more than its planter.
-	as := creds.For(r.Journal.Owner)
-	tx, err := txn.Resume(n, r.Journal, lk, opts.FS, as) // releases lk when done
-	if err != nil {
-		r.Error = err.Error()
-		return r, err
-	}
-	var res *txn.Result
-	err = creds.Do(as, func() (err error) {
-		if r.Journal.Phase == txn.PhaseCommit {
-			res, err = tx.Commit()
-		} else {
-			res, err = tx.Rollback()
-		}
-		return err
-	})
+	res, err := txn.Finish(n, r.Journal, lk, opts.FS) // releases lk
 	if res != nil {
 		r.Lost, r.Kept = res.Lost, res.Kept
 	}

@@ -24,13 +24,13 @@ import (
 // missing name is not an error, nor is an entry that disappears meanwhile
 // (another Remove of the same tree). Remove is idempotent; a crash leaves
 // part of the tree, which a later Remove finishes.
-func Remove(parent, name string, fs fsys.FS) error {
+func Remove(parent, name string, fs FS) error {
 	return RemoveAs(parent, name, fs, nil)
 }
 
 // RemoveAs is Remove with every goroutine that deletes calling enter first
 // (unless nil): creds.Worker, to delete with another user's identity.
-func RemoveAs(parent, name string, fs fsys.FS, enter func() error) error {
+func RemoveAs(parent, name string, fs FS, enter func() error) error {
 	if fs == nil {
 		fs = fsys.OS{}
 	}

@@ -73,7 +73,7 @@ func Changed(rootfd int, root string, recs Records, taken unix.Timespec) ([]stri
 // Each file is reached beneath rootfd without following a symlink, and
 // changed only through its directory's descriptor with calls that do not
 // follow one either; set-id bits are given to regular files only.
-func Restore(rootfd int, root string, recs Records, taken unix.Timespec, fs fsys.FS) (restored, skipped int64, err error) {
+func Restore(rootfd int, root string, recs Records, taken unix.Timespec, fs FS) (restored, skipped int64, err error) {
 	if fs == nil {
 		fs = fsys.OS{}
 	}

@@ -22,12 +22,18 @@ import (
 	"github.com/treetx/treetx/internal/fsys"
 )
 
+// FS is the set of file-system mutations building, restoring and removing
+// a tree perform: every one goes through it, so that tests can record, fail
+// or stop them step by step. nil means the kernel's own calls. It is
+// internal/fsys.FS, named here so that callers can name it.
+type FS = fsys.FS
+
 // Options configures Build.
 type Options struct {
 	// Context, if set, stops the build when done.
 	Context context.Context
 	// FS performs every mutation. Nil means fsys.OS.
-	FS fsys.FS
+	FS FS
 	// Exclude names entries (and, for directories, whole subtrees) the shadow
 	// leaves out.
 	Exclude *Matcher

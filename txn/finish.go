@@ -8,7 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/creds"
-	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
@@ -321,15 +320,16 @@ func (tx *Tx) restore(name string) error {
 	return nil
 }
 
-// Resume continues the transaction a crash left on the directory described
-// by n, whose journal is j, under lk, an exclusive lock on n.Lock the caller
-// took (the Tx releases it when it finishes). Call Commit if j's phase is
-// PhaseCommit, Rollback otherwise.
+// Finish finishes the transaction a crash left on the directory described
+// by n, whose journal is j (as ReadJournal read it), under lk, an exclusive
+// lock on n.Lock the caller took, which Finish releases: it commits if j's
+// phase is PhaseCommit, and rolls back otherwise.
 //
-// as, if not nil, is the identity every step is taken with: the caller runs
-// Commit or Rollback through creds.Do(as, ...), and the trees the
-// transaction deletes are deleted with it too.
-func Resume(n Names, j *Journal, lk *lock.Lock, fs fsys.FS, as *creds.ID) (*Tx, error) {
+// When this process is root and the journal another user's, every step is
+// taken with that user's file-system identity and no capabilities (package
+// internal/creds): a forged journal can do no more than its owner could.
+func Finish(n Names, j *Journal, lk *lock.Lock, fs FS) (*Result, error) {
+	as := creds.For(j.Owner)
 	tx := newTx(n, lk, fs, nil)
 	tx.j = *j
 	tx.enter = creds.Worker(as)
@@ -338,5 +338,18 @@ func Resume(n Names, j *Journal, lk *lock.Lock, fs fsys.FS, as *creds.ID) (*Tx, 
 		tx.close()
 		return nil, fmt.Errorf("open %s: %w", n.Parent, err)
 	}
-	return tx, nil
+	var res *Result
+	err = creds.Do(as, func() (err error) {
+		if j.Phase == PhaseCommit {
+			res, err = tx.Commit()
+		} else {
+			res, err = tx.Rollback()
+		}
+		return err
+	})
+	if !tx.done {
+		// creds.Do failed before Commit or Rollback ran.
+		tx.close()
+	}
+	return res, err
 }

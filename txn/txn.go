@@ -38,6 +38,12 @@ import (
 	"github.com/treetx/treetx/snapshot"
 )
 
+// FS is the set of file-system mutations a transaction performs: every one
+// goes through it, so that tests can record, fail or stop the protocol step
+// by step. nil means the kernel's own calls. It is internal/fsys.FS, named
+// here so that callers can name it.
+type FS = fsys.FS
+
 // Options configures a transaction.
 type Options struct {
 	// Exclude lists globs (see snapshot.Matcher) of entries the shadow leaves
@@ -57,7 +63,7 @@ type Options struct {
 	// Command is recorded in the journal and the lock file; os.Args if nil.
 	Command []string
 	// FS performs every mutation; nil means fsys.OS.
-	FS fsys.FS
+	FS FS
 	// Progress, if set, is called while the shadow is built with the number
 	// of entries made so far.
 	Progress func(entries int64)
@@ -381,7 +387,7 @@ func (tx *Tx) nameForRemoval(name string) error {
 // of the directory n (to whom the shadows of root's transactions belong) is
 // deleted with that user's identity: it may have been planted, and root then
 // deletes no more of it than its owner could.
-func RemoveTree(n Names, pfd int, name string, fs fsys.FS, enter func() error) error {
+func RemoveTree(n Names, pfd int, name string, fs FS, enter func() error) error {
 	if enter == nil && os.Geteuid() == 0 {
 		var st, dst unix.Stat_t
 		if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Uid != 0 &&
@@ -545,7 +551,7 @@ func (tx *Tx) removeGarbage() error {
 // (Result.Garbage): each path must be a ".#treetx.NAME.removing.ID" name, or
 // it is refused. It takes no lock: such trees belong to no transaction.
 // Several RemoveGarbage calls on one tree may run at once.
-func RemoveGarbage(paths []string, fs fsys.FS) error {
+func RemoveGarbage(paths []string, fs FS) error {
 	var errs []error
 	for _, p := range paths {
 		parent, name := filepath.Dir(p), filepath.Base(p)
