@@ -9,7 +9,7 @@
 // Run does all of this around a command.
 //
 // After a crash at any instant, the directory, its journal and the names
-// beside it hold enough to finish or undo the transaction: Resume continues a
+// beside it hold enough to finish or undo the transaction: Finish finishes a
 // transaction a crash left (package recover uses it). docs/protocol.md
 // describes every step, every sync and every crash state.
 //
@@ -101,7 +101,7 @@ type Tx struct {
 	garbage []string // trees named for removal, when deferRm
 	done    bool
 	// enter, if set, gives each goroutine that deletes a tree the identity
-	// the transaction is resumed with (see Resume).
+	// the transaction is finished with (see Finish).
 	enter func() error
 
 	// watch sees which files are touched from the build on; index finds
@@ -382,7 +382,7 @@ func (tx *Tx) nameForRemoval(name string) error {
 // claims (a removal name an earlier transaction left, a failed tree gc
 // expires, a directory planted under a file's name): name in the parent pfd
 // of the directory n, never following a symlink nor leaving its file
-// system. enter, if not nil, is the identity to delete with (see Resume).
+// system. enter, if not nil, is the identity to delete with (see Finish).
 // Else, as root, a tree whose root another user owns than root or the owner
 // of the directory n (to whom the shadows of root's transactions belong) is
 // deleted with that user's identity: it may have been planted, and root then
