@@ -156,10 +156,10 @@ func TestGCBadUsage(t *testing.T) {
 }
 
 // TestSystemdUnitsAndCrontab: the unit files in scripts/systemd pass
-// systemd-analyze verify (in a scratch root holding the system's own units
-// and the binary at /usr/local/bin/treetx), with an instance of the recover
-// template named as README.md says and a service ordered after it; the
-// crontab's entries run treetx gc.
+// systemd-analyze verify (in a scratch root holding the system's own units,
+// the binary at /usr/local/bin/treetx and /bin/sh for ExecStartPre), with
+// an instance of the recover template named as README.md says and a
+// service ordered after it; the crontab's entries run treetx gc.
 func TestSystemdUnitsAndCrontab(t *testing.T) {
 	t.Parallel()
 	mod, err := moduleRoot()
@@ -207,6 +207,7 @@ func TestSystemdUnitsAndCrontab(t *testing.T) {
 	sh(t, []string{"SYSTEM=" + system, "ROOT=" + root, "ETC=" + etc, "MOD=" + mod, "BIN=" + treetxPath}, `
 cp -a "$SYSTEM" "$ROOT/usr/lib/systemd/system"
 cp "$BIN" "$ROOT/usr/local/bin/treetx"
+mkdir "$ROOT/bin" && cp -L /bin/sh "$ROOT/bin/sh"
 cp "$MOD"/scripts/systemd/* "$ETC/"`)
 	out, err := exec.Command(escape, "--path", "--template", "treetx-recover@.service", "/srv/cvsroot").Output()
 	if err != nil {
