@@ -67,7 +67,7 @@ var kinds = []string{"lock", "gate", "journal", "journal.tmp", "meta", "incomple
 
 // commands are what root runs, with the directory's path; sh is the shell
 // recovery script.
-var commands = []struct {
+var hostileCommands = []struct {
 	name string
 	args func(parent, dir string) []string
 }{
@@ -134,7 +134,7 @@ func TestHostileParent(t *testing.T) {
 			t.Run(kind+"/"+p.name, func(t *testing.T) {
 				t.Parallel()
 				var wg sync.WaitGroup
-				for _, c := range commands {
+				for _, c := range hostileCommands {
 					wg.Go(func() {
 						t.Run(c.name, func(t *testing.T) {
 							cells.Add(1)
@@ -185,7 +185,7 @@ func TestHostileParent(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		fmt.Fprintf(os.Stderr, "hostile-parent cells: %d checked (%d refused), %d names x %d plants x %d commands\n",
-			cells.Load(), refusals.Load(), len(kinds), len(plants), len(commands))
+			cells.Load(), refusals.Load(), len(kinds), len(plants), len(hostileCommands))
 	})
 }
 

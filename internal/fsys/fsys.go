@@ -126,7 +126,8 @@ func (OS) Syncfs(fd int) error {
 // Fchmodat implements FS. It never follows a symlink: fchmodat2 with
 // AT_SYMLINK_NOFOLLOW (Linux 6.6), so that a name swapped for a symlink
 // after it was checked cannot redirect the change; older kernels, which
-// lack it, get fchmodat, which follows one.
+// lack it, and seccomp filters that refuse it, get fchmodat, which follows
+// one.
 func (OS) Fchmodat(dirfd int, name string, mode uint32) error {
 	return ignoringEINTR(func() error {
 		p, err := unix.BytePtrFromString(name)
@@ -137,7 +138,10 @@ func (OS) Fchmodat(dirfd int, name string, mode uint32) error {
 		switch errno {
 		case 0:
 			return nil
-		case unix.ENOSYS:
+		case unix.ENOSYS, unix.EPERM:
+			// A kernel without it; or a seccomp filter that does not
+			// know it (systemd 252's refuses it with EPERM): a real
+			// EPERM comes back from fchmodat too.
 			return unix.Fchmodat(dirfd, name, mode, 0)
 		}
 		return errno
