@@ -38,10 +38,15 @@ treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
 its changes are made durable and kept; otherwise DIR is put back exactly as it
 was. After a crash, run: treetx recover DIR.
 
-Exit status: COMMAND's own; 128+N if it died of signal N; 126 if it could not
-be executed, 127 if it was not found (DIR untouched in both); 75 if DIR's lock
-was not had in time; 125 if treetx itself failed, or if a rollback found files
-written in place whose old content is lost; 64 for a bad command line.`,
+SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to treetx (Ctrl-C) are forwarded to
+COMMAND, and DIR is then rolled back whatever COMMAND returns: an interrupted
+transaction is abandoned.
+
+Exit status: COMMAND's own; 128+N if it died of signal N, or if treetx was
+sent signal N while it ran; 126 if it could not be executed, 127 if it was
+not found (DIR untouched in both); 75 if DIR's lock was not had in time; 125
+if treetx itself failed, or if a rollback found files written in place whose
+old content is lost; 64 for a bad command line.`,
 		Example: `  treetx run /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix"
   treetx run --lock-timeout 30s --exclude '*.tmp' site -- make -C site`,
 		Args: cobra.ArbitraryArgs,
@@ -101,6 +106,9 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *gl
 		}
 		return err
 	}
+	if rr.Signal != 0 {
+		return exitStatus(128 + int(rr.Signal))
+	}
 	return exitStatus(rr.Status)
 }
 
@@ -116,13 +124,16 @@ func report(w io.Writer, dir string, rr *txn.RunResult) {
 		}
 		return
 	}
-	why := fmt.Sprintf("exited with status %d", rr.Status)
+	why := fmt.Sprintf("command exited with status %d", rr.Status)
 	if rr.Status > 128 && rr.StartErr == nil {
-		why = fmt.Sprintf("was killed by signal %d (%s)", rr.Status-128, unix.SignalName(unix.Signal(rr.Status-128)))
+		why = fmt.Sprintf("command was killed by signal %d (%s)", rr.Status-128, unix.SignalName(unix.Signal(rr.Status-128)))
 	} else if rr.StartErr != nil {
-		why = "could not be started"
+		why = "command could not be started"
 	}
-	fmt.Fprintf(w, "treetx: command %s: rolled back %s\n", why, dir)
+	if rr.Signal != 0 {
+		why = fmt.Sprintf("interrupted by %s (the %s)", unix.SignalName(rr.Signal), why)
+	}
+	fmt.Fprintf(w, "treetx: %s: rolled back %s\n", why, dir)
 	if n := len(res.LeftOut); n > 0 {
 		shown := res.LeftOut
 		if n > 5 {
