@@ -19,11 +19,12 @@ type gcOptions struct {
 	json      bool
 }
 
-func newGCCommand(g *globals) *cobra.Command {
+func newGCCommand() *cobra.Command {
 	o := &gcOptions{olderThan: durationFlag(txrecover.DefaultFailedAge)}
 	c := &cobra.Command{
-		Use:   "gc [--older-than DURATION] [--dry-run] [--json] ROOT...",
-		Short: "Remove what finished or abandoned transactions left under each ROOT",
+		Use:                   "gc [--older-than DURATION] [--dry-run] [--json] ROOT...",
+		DisableFlagsInUseLine: true,
+		Short:                 "Remove what finished or abandoned transactions left under each ROOT",
 		Long: `Remove what finished or abandoned transactions left under each ROOT; for cron.
 
 gc walks each ROOT as recover --scan does (no symlinks followed, no mount

@@ -24,11 +24,12 @@ type lockOptions struct {
 	lockTimeout durationFlag
 }
 
-func newLockCommand(g *globals) *cobra.Command {
+func newLockCommand() *cobra.Command {
 	o := &lockOptions{lockTimeout: -1}
 	c := &cobra.Command{
-		Use:   "lock [--shared] [--lock-timeout D] DIR -- COMMAND [ARG...]",
-		Short: "Run COMMAND under DIR's lock, without a transaction",
+		Use:                   "lock [flags] DIR -- COMMAND [ARG...]",
+		DisableFlagsInUseLine: true,
+		Short:                 "Run COMMAND under DIR's lock, without a transaction",
 		Long: `Run COMMAND under DIR's lock, without a transaction.
 
 The lock is the one treetx run holds from the start of a transaction to the

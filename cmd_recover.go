@@ -18,11 +18,12 @@ type recoverOptions struct {
 	scan   bool
 }
 
-func newRecoverCommand(g *globals) *cobra.Command {
+func newRecoverCommand() *cobra.Command {
 	o := &recoverOptions{}
 	c := &cobra.Command{
-		Use:   "recover [--dry-run] [--json] DIR... | --scan ROOT...",
-		Short: "Finish or undo what a crash left on each DIR",
+		Use:                   "recover [--dry-run] [--json] DIR... | --scan ROOT...",
+		DisableFlagsInUseLine: true,
+		Short:                 "Finish or undo what a crash left on each DIR",
 		Long: `Finish or undo what a crash left on each DIR.
 
 For each DIR, recover takes its lock without waiting. If a live transaction

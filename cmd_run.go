@@ -24,13 +24,15 @@ type runOptions struct {
 	waitCleanup bool
 	ownerChange bool
 	fullCheck   bool
+	verbose     bool
 }
 
-func newRunCommand(g *globals) *cobra.Command {
+func newRunCommand() *cobra.Command {
 	o := &runOptions{lockTimeout: -1}
 	c := &cobra.Command{
-		Use:   "run [flags] DIR -- COMMAND [ARG...]",
-		Short: "Run COMMAND as one atomic, crash-safe transaction on DIR",
+		Use:                   "run [flags] DIR -- COMMAND [ARG...]",
+		DisableFlagsInUseLine: true,
+		Short:                 "Run COMMAND as one atomic, crash-safe transaction on DIR",
 		Long: `Run COMMAND as one atomic, crash-safe transaction on the tree DIR.
 
 treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
@@ -60,7 +62,7 @@ old content is lost; 64 for a bad command line.`,
 			case len(args) == 1:
 				return usageErrorf("run: no command after -- (usage: treetx run DIR -- COMMAND [ARG...])")
 			}
-			return runRun(cmd.Context(), args[0], args[1:], o, g, cmd.ErrOrStderr())
+			return runRun(cmd.Context(), args[0], args[1:], o, cmd.ErrOrStderr())
 		},
 	}
 	f := c.Flags()
@@ -71,14 +73,15 @@ old content is lost; 64 for a bad command line.`,
 	f.BoolVar(&o.waitCleanup, "wait-cleanup", false, "delete the thrown-away tree before exiting, instead of in a detached process")
 	f.BoolVar(&o.fullCheck, "full-check", false, "at the end, check every linked file for writes in place and changed metadata, not only those the file-system watch saw touched (as root)")
 	f.BoolVar(&o.noCVSCopies, "no-cvs-copies", false, "in a CVS repository, do not copy CVSROOT/history, CVSROOT/val-tags and CVS/fileattr by default")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log every step of the protocol to stderr")
 	return c
 }
 
-func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *globals, stderr io.Writer) error {
+func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stderr io.Writer) error {
 	opts := txn.RunOptions{Options: txn.Options{
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
 		LockTimeout: time.Duration(o.lockTimeout), Command: argv,
-		Logger: newLogger(g, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
+		Logger: newLogger(o.verbose, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 		FullCheck: o.fullCheck,
 	}}
 	opts.Progress, opts.Started = progressPrinter(stderr)
@@ -171,8 +174,8 @@ func progressPrinter(w io.Writer) (progress func(int64), started func(*txn.Tx)) 
 	return progress, started
 }
 
-func newLogger(g *globals, w io.Writer) *slog.Logger {
-	if !g.verbose {
+func newLogger(verbose bool, w io.Writer) *slog.Logger {
+	if !verbose {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -13,11 +13,12 @@ type statusOptions struct {
 	json bool
 }
 
-func newStatusCommand(g *globals) *cobra.Command {
+func newStatusCommand() *cobra.Command {
 	o := &statusOptions{}
 	c := &cobra.Command{
-		Use:   "status [--json] DIR",
-		Short: "Tell whether DIR is idle, in a transaction, or needs recovery",
+		Use:                   "status [--json] DIR",
+		DisableFlagsInUseLine: true,
+		Short:                 "Tell whether DIR is idle, in a transaction, or needs recovery",
 		Long: `Tell whether DIR is idle, in a transaction, or needs recovery.
 
 One line: DIR, its state (idle, in progress, needs recovery, needs a person),
@@ -28,6 +29,8 @@ lock. --json prints the object docs/protocol.md describes.
 
 Exit status: 0 idle or in progress; 3 needs recovery (treetx recover DIR would
 fix it); 125 needs a person, or an error; 64 bad command line.`,
+		Example: `  treetx status /srv/cvsroot
+  treetx status --json /srv/cvsroot`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runStatus(args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
