@@ -22,9 +22,14 @@ import (
 	"github.com/spf13/cobra"
 )
 
+type rootOptions struct {
+	version bool
+}
+
 func newRootCommand() *cobra.Command {
+	o := &rootOptions{}
 	root := &cobra.Command{
-		Use:                   "treetx",
+		Use:                   "treetx [--version]",
 		DisableFlagsInUseLine: true,
 		Short:                 "Make what a command does to a directory tree atomic and crash-safe",
 		Long: `treetx makes what a command does to a directory tree atomic and crash-safe.
@@ -39,13 +44,18 @@ changes are kept.`,
 		SuggestionsMinimumDistance: 2,
 		Args:                       unknownSubcommand,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.version {
+				return runVersion(&versionOptions{}, cmd.OutOrStdout())
+			}
 			return cmd.Help()
 		},
 	}
+	root.Flags().BoolVarP(&o.version, "version", "V", false, "print treetx's version and exit")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErrorf("%v (see %s --help)", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCommand(), newRecoverCommand(), newStatusCommand(), newGCCommand(), newLockCommand(), newCleanupCommand())
+	root.AddCommand(newRunCommand(), newRecoverCommand(), newStatusCommand(), newGCCommand(), newLockCommand(),
+		newVersionCommand(), newCleanupCommand())
 	// cobra's completion command (completion bash|zsh|fish|powershell),
 	// made now to refuse an unknown shell as root refuses an unknown
 	// command.
