@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -20,12 +19,13 @@ import (
 )
 
 type lockOptions struct {
-	shared      bool
-	lockTimeout durationFlag
+	wait      *lockWait
+	shared    bool
+	exclusive bool
 }
 
 func newLockCommand() *cobra.Command {
-	o := &lockOptions{lockTimeout: -1}
+	o := &lockOptions{wait: newLockWait()}
 	c := &cobra.Command{
 		Use:                   "lock [flags] DIR -- COMMAND [ARG...]",
 		DisableFlagsInUseLine: true,
@@ -42,13 +42,20 @@ recovery (a journal beside it): then COMMAND is not run and the exit status is
 SIGQUIT sent to treetx are forwarded to it.
 
 Exit status: COMMAND's own; 128+N if it died of signal N; 126 if it could not
-be executed, 127 if it was not found; 75 if the lock was not had within
---lock-timeout; 125 if treetx failed or DIR needs recovery; 64 for a bad
-command line.`,
+be executed, 127 if it was not found; 75 (or --conflict-exit-code) if the lock
+was not had within --lock-timeout; 125 if treetx failed or DIR needs recovery;
+64 for a bad command line.`,
 		Example: `  treetx lock --shared /srv/cvsroot -- cvs -d /srv/cvsroot checkout mod
-  treetx lock --lock-timeout 10s /srv/site -- rsync -a /srv/site/ mirror:/srv/site/`,
+  treetx lock -w 10 /srv/site -- rsync -a /srv/site/ mirror:/srv/site/
+  treetx lock -s -n -E 0 /srv/site -- make -C /srv/site check   # busy: exit 0, not 75`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.wait.check(cmd); err != nil {
+				return err
+			}
+			if o.shared && o.exclusive {
+				return usageErrorf("lock: --shared (-s) and --exclusive (-x) exclude each other (see %s --help)", cmd.CommandPath())
+			}
 			dash := cmd.ArgsLenAtDash()
 			switch {
 			case dash < 0:
@@ -62,8 +69,9 @@ command line.`,
 		},
 	}
 	f := c.Flags()
-	f.BoolVar(&o.shared, "shared", false, "take the lock shared (readers), not exclusive")
-	f.Var(&o.lockTimeout, "lock-timeout", "give up waiting for DIR's lock after this long, exit 75 (0: try once; default: wait indefinitely)")
+	f.BoolVarP(&o.shared, "shared", "s", false, "take the lock shared (readers), not exclusive")
+	f.BoolVarP(&o.exclusive, "exclusive", "x", false, "take the lock exclusive (the default)")
+	o.wait.addFlags(c)
 	return c
 }
 
@@ -97,7 +105,7 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 	if o.shared {
 		mode = lock.Shared
 	}
-	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: time.Duration(o.lockTimeout), Gate: n.Path(n.Gate)})
+	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: o.wait.wait(), Gate: n.Path(n.Gate)})
 	cancel()
 	if s := <-got; s != nil {
 		if lk != nil {
@@ -107,7 +115,7 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 		return exitStatus(128 + int(s.(syscall.Signal)))
 	}
 	if err != nil {
-		return err
+		return o.wait.conflict(err)
 	}
 	defer lk.Release()
 	// Under the lock, the directory is what the last transaction left: it

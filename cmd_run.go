@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -17,7 +16,7 @@ import (
 )
 
 type runOptions struct {
-	lockTimeout durationFlag
+	wait        *lockWait
 	exclude     []string
 	copy        []string
 	noCVSCopies bool
@@ -28,7 +27,7 @@ type runOptions struct {
 }
 
 func newRunCommand() *cobra.Command {
-	o := &runOptions{lockTimeout: -1}
+	o := &runOptions{wait: newLockWait()}
 	c := &cobra.Command{
 		Use:                   "run [flags] DIR -- COMMAND [ARG...]",
 		DisableFlagsInUseLine: true,
@@ -46,13 +45,17 @@ transaction is abandoned.
 
 Exit status: COMMAND's own; 128+N if it died of signal N, or if treetx was
 sent signal N while it ran; 126 if it could not be executed, 127 if it was
-not found (DIR untouched in both); 75 if DIR's lock was not had in time; 125
-if treetx itself failed, or if a rollback found files written in place whose
-old content is lost; 64 for a bad command line.`,
+not found (DIR untouched in both); 75 (or --conflict-exit-code) if DIR's lock
+was not had in time; 125 if treetx itself failed, or if a rollback found
+files written in place whose old content is lost; 64 for a bad command line.`,
 		Example: `  treetx run /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix"
-  treetx run --lock-timeout 30s --exclude '*.tmp' site -- make -C site`,
+  treetx run -w 30 --exclude '*.tmp' site -- make -C site
+  treetx run -n -E 0 /srv/site -- make -C /srv/site   # busy: exit 0, not 75`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.wait.check(cmd); err != nil {
+				return err
+			}
 			dash := cmd.ArgsLenAtDash()
 			switch {
 			case dash < 0:
@@ -65,8 +68,8 @@ old content is lost; 64 for a bad command line.`,
 			return runRun(cmd.Context(), args[0], args[1:], o, cmd.ErrOrStderr())
 		},
 	}
+	o.wait.addFlags(c)
 	f := c.Flags()
-	f.Var(&o.lockTimeout, "lock-timeout", "give up waiting for DIR's lock after this long, exit 75 (0: try once; default: wait indefinitely)")
 	f.StringArrayVar(&o.exclude, "exclude", nil, "leave entries matching `GLOB` out of the transaction (repeatable; a GLOB with no / matches base names)")
 	f.StringArrayVar(&o.copy, "copy", nil, "give files matching `GLOB` a real copy in the shadow, for programs that write them in place (repeatable)")
 	f.BoolVar(&o.ownerChange, "allow-owner-change", false, "as a user other than root, let a rollback give you directories and CVS files that another user owns (else such a tree is refused)")
@@ -80,7 +83,7 @@ old content is lost; 64 for a bad command line.`,
 func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stderr io.Writer) error {
 	opts := txn.RunOptions{Options: txn.Options{
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
-		LockTimeout: time.Duration(o.lockTimeout), Command: argv,
+		LockTimeout: o.wait.wait(), Command: argv,
 		Logger: newLogger(o.verbose, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 		FullCheck: o.fullCheck,
 	}}
@@ -107,7 +110,7 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 			fmt.Fprintf(stderr, "treetx: the listed files hold what the failed command wrote; list them with --copy to protect them next time\n")
 			return exitStatus(exitTreetxError)
 		}
-		return err
+		return o.wait.conflict(err)
 	}
 	if rr.Signal != 0 {
 		return exitStatus(128 + int(rr.Signal))
@@ -180,28 +183,3 @@ func newLogger(verbose bool, w io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
-
-// durationFlag is a duration whose negative value means "no limit" and is
-// not shown as a default.
-type durationFlag time.Duration
-
-func (d *durationFlag) String() string {
-	if *d < 0 {
-		return ""
-	}
-	return time.Duration(*d).String()
-}
-
-func (d *durationFlag) Set(s string) error {
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	if v < 0 {
-		return fmt.Errorf("negative duration %s", s)
-	}
-	*d = durationFlag(v)
-	return nil
-}
-
-func (d *durationFlag) Type() string { return "duration" }

@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/treetx/treetx/internal/treeimage"
 )
@@ -141,6 +143,92 @@ func TestVersionFromVCS(t *testing.T) {
 	if !strings.Contains(string(text), "revision "+rev) || strings.Contains(string(text), ", modified") != v.Modified {
 		t.Errorf("--version =\n%s\nwant revision %s, modified %v", text, rev, v.Modified)
 	}
+}
+
+// TestLockWaitFlags: the flock(1)-style forms of the lock's wait, on run and
+// lock, while another lock holds DIR: seconds (fractional) as well as
+// durations, -n, and --conflict-exit-code (-E) for the lock not had.
+func TestLockWaitFlags(t *testing.T) {
+	t.Parallel()
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	holder := start(t, invocation{args: lockArgs(tree, script(holdScript)), env: append(env(tree, out), "N=h", "THEN=true")})
+	waitForFile(t, holder, filepath.Join(out, "started-h"))
+	before, names := capture(t, tree), listing(t, parent)
+	tests := []struct {
+		flags    []string
+		code     int
+		min, max time.Duration
+	}{
+		{[]string{"-w", "0.3"}, 75, 300 * time.Millisecond, 5 * time.Second},
+		{[]string{"--lock-timeout", ".3"}, 75, 300 * time.Millisecond, 5 * time.Second},
+		{[]string{"-w", "1"}, 75, time.Second, 6 * time.Second},
+		{[]string{"-w", "300ms"}, 75, 300 * time.Millisecond, 5 * time.Second},
+		{[]string{"-n"}, 75, 0, time.Second},
+		{[]string{"--nonblock"}, 75, 0, time.Second},
+		{[]string{"-n", "-E", "3"}, 3, 0, time.Second},
+		{[]string{"-w", "0.2", "--conflict-exit-code", "0"}, 0, 200 * time.Millisecond, 5 * time.Second},
+		{[]string{"-n", "-E", "75"}, 75, 0, time.Second},
+	}
+	for _, verb := range []string{"run", "lock"} {
+		for _, tt := range tests {
+			t.Run(verb+" "+strings.Join(tt.flags, " "), func(t *testing.T) {
+				marker := filepath.Join(t.TempDir(), "ran")
+				args := append(append([]string{verb}, tt.flags...), tree, "--", "touch", marker)
+				r := treetx(t, nil, args...)
+				wantCode(t, r, tt.code)
+				oneLine(t, r.stderr, "is held by pid "+strconv.Itoa(holder.pid()))
+				if r.elapsed < tt.min || r.elapsed > tt.max {
+					t.Errorf("gave up after %v, want between %v and %v", r.elapsed, tt.min, tt.max)
+				}
+				if exists(marker) {
+					t.Errorf("the command ran without the lock")
+				}
+			})
+		}
+	}
+	t.Run("lock -s -n", func(t *testing.T) {
+		r := treetx(t, nil, lockArgs(tree, []string{"true"}, "-s", "-n")...)
+		wantCode(t, r, 75)
+	})
+	treeimage.AssertEqual(t, "while held", before, "after", capture(t, tree))
+	sameListing(t, parent, names)
+	if err := os.WriteFile(filepath.Join(out, "release"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, holder.wait(t), 0)
+	// Free, -w 10 and -n take the lock at once.
+	for _, flags := range [][]string{{"-w", "10"}, {"-n"}} {
+		marker := filepath.Join(t.TempDir(), "ran")
+		wantCode(t, treetx(t, nil, runArgs(tree, []string{"touch", marker}, flags...)...), 0)
+		if !exists(marker) {
+			t.Errorf("run %q: the command did not run", flags)
+		}
+	}
+}
+
+// TestLockSharedShortForms: -s takes the lock shared (two readers at once),
+// -x exclusive (kept out by a reader).
+func TestLockSharedShortForms(t *testing.T) {
+	t.Parallel()
+	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	reader := start(t, invocation{args: lockArgs(tree, script(holdScript), "-s"), env: append(env(tree, out), "N=r", "THEN=true")})
+	waitForFile(t, reader, filepath.Join(out, "started-r"))
+	marker := filepath.Join(out, "second-reader")
+	wantCode(t, treetx(t, nil, lockArgs(tree, []string{"touch", marker}, "-s", "-n")...), 0)
+	if !exists(marker) {
+		t.Errorf("a second shared reader did not run beside the first")
+	}
+	r := treetx(t, nil, lockArgs(tree, []string{"touch", filepath.Join(out, "writer")}, "-x", "-n")...)
+	wantCode(t, r, 75)
+	if exists(filepath.Join(out, "writer")) {
+		t.Errorf("-x ran beside a reader")
+	}
+	if err := os.WriteFile(filepath.Join(out, "release"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, reader.wait(t), 0)
 }
 
 // TestUsageLines: every command's usage line is written by hand, without
