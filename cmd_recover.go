@@ -39,7 +39,8 @@ recovered, one line each. The walk does not follow symlinks, does not cross
 mount points and does not descend into treetx's own trees (.#treetx.*).
 
 Exit status: 0 every DIR is consistent now; 75 some DIR is busy; 125 some DIR
-needs a person (or recovery failed; 125 wins over 75); 64 bad command line.`,
+needs a person (or recovery failed, or it is not a directory; 125 wins over
+75); 64 bad command line.`,
 		Example: "  treetx recover /srv/cvsroot\n  treetx recover --dry-run --json /srv/cvsroot\n  treetx recover --scan /srv/cvs",
 		Args:    usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -59,7 +60,13 @@ func runRecover(args []string, o *recoverOptions, stdout, stderr io.Writer) erro
 		dirs = scanRoots(args, &codes, "recover", stderr)
 	}
 	for _, dir := range dirs {
-		r, err := txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun, NoFollow: o.scan})
+		var r *txrecover.Report
+		err := notDirectory(dir)
+		if err != nil {
+			r = refusedReport(dir, err)
+		} else {
+			r, err = txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun, NoFollow: o.scan})
+		}
 		printReport(stdout, r, o.json, o.dryRun)
 		if err != nil {
 			if !errors.Is(err, txrecover.ErrBusy) {

@@ -28,7 +28,8 @@ treetx recover would do. status changes nothing, and does not wait for the
 lock. --json prints the object docs/protocol.md describes.
 
 Exit status: 0 idle or in progress; 3 needs recovery (treetx recover DIR would
-fix it); 125 needs a person, or an error; 64 bad command line.`,
+fix it); 125 needs a person, or an error (DIR is not a directory); 64 bad
+command line.`,
 		Example: `  treetx status /srv/cvsroot
   treetx status --json /srv/cvsroot`,
 		Args: usageArgs(cobra.ExactArgs(1)),
@@ -41,7 +42,13 @@ fix it); 125 needs a person, or an error; 64 bad command line.`,
 }
 
 func runStatus(dir string, o *statusOptions, stdout, stderr io.Writer) error {
-	r, err := txrecover.Inspect(dir)
+	var r *txrecover.Report
+	err := notDirectory(dir)
+	if err != nil {
+		r = refusedReport(dir, err)
+	} else {
+		r, err = txrecover.Inspect(dir)
+	}
 	printReport(stdout, r, o.json, true)
 	if err != nil {
 		fmt.Fprintf(stderr, "treetx: status: %v\n", err)

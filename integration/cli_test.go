@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -229,6 +230,58 @@ func TestLockSharedShortForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantCode(t, reader.wait(t), 0)
+}
+
+// TestNotADirectory: every command given a regular file (or a symlink to
+// one) for DIR refuses it the same way: 125, "not a directory", nothing
+// made beside it.
+func TestNotADirectory(t *testing.T) {
+	t.Parallel()
+	parent := t.TempDir()
+	file := filepath.Join(parent, "file")
+	if err := os.WriteFile(file, []byte("data\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("file", filepath.Join(parent, "link")); err != nil {
+		t.Fatal(err)
+	}
+	names := listing(t, parent)
+	marker := filepath.Join(t.TempDir(), "ran")
+	for _, name := range []string{"file", "link"} {
+		dir := filepath.Join(parent, name)
+		for _, args := range [][]string{
+			{"run", dir, "--", "touch", marker},
+			{"lock", dir, "--", "touch", marker},
+			{"lock", "--shared", dir, "--", "touch", marker},
+			{"status", dir},
+			{"status", "--json", dir},
+			{"recover", dir},
+			{"recover", "--dry-run", dir},
+			{"recover", "--json", dir},
+		} {
+			label := strings.NewReplacer(dir, name, marker, "M").Replace(strings.Join(args, " "))
+			t.Run(label, func(t *testing.T) {
+				r := treetx(t, nil, args...)
+				wantCode(t, r, 125)
+				oneLine(t, r.stderr, dir+": not a directory")
+				if slices.Contains(args, "--json") {
+					var rep struct{ State, Error string }
+					if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.State != "error" || !strings.Contains(rep.Error, "not a directory") {
+						t.Errorf("stdout = %q (%v), want an object with state error", r.stdout, err)
+					}
+				} else if r.stdout != "" {
+					t.Errorf("stdout = %q, want nothing", r.stdout)
+				}
+			})
+		}
+	}
+	if exists(marker) {
+		t.Errorf("a command ran")
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "data\n" {
+		t.Errorf("the file = %q, %v", b, err)
+	}
+	sameListing(t, parent, names)
 }
 
 // TestUsageLines: every command's usage line is written by hand, without
