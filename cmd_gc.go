@@ -45,8 +45,9 @@ Silent when there is nothing to do; otherwise one line:
 
 Exit status: 0 done; 75 some directory is busy; 125 some directory needs a
 person, or gc failed (125 wins over 75); 64 bad command line.`,
-		Example: "  treetx gc /srv/cvs\n  treetx gc --older-than 168h --dry-run /srv/cvs /srv/www",
-		Args:    usageArgs(cobra.MinimumNArgs(1)),
+		Example:           "  treetx gc /srv/cvs\n  treetx gc --older-than 168h --dry-run /srv/cvs /srv/www",
+		Args:              usageArgs(cobra.MinimumNArgs(1)),
+		ValidArgsFunction: completeDirs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGC(args, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

@@ -48,7 +48,8 @@ was not had within --lock-timeout; 125 if treetx failed or DIR needs recovery;
 		Example: `  treetx lock --shared /srv/cvsroot -- cvs -d /srv/cvsroot checkout mod
   treetx lock -w 10 /srv/site -- rsync -a /srv/site/ mirror:/srv/site/
   treetx lock -s -n -E 0 /srv/site -- make -C /srv/site check   # busy: exit 0, not 75`,
-		Args: cobra.ArbitraryArgs,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: completeDirThenCommand,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.wait.check(cmd); err != nil {
 				return err

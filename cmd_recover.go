@@ -41,8 +41,9 @@ mount points and does not descend into treetx's own trees (.#treetx.*).
 Exit status: 0 every DIR is consistent now; 75 some DIR is busy; 125 some DIR
 needs a person (or recovery failed, or it is not a directory; 125 wins over
 75); 64 bad command line.`,
-		Example: "  treetx recover /srv/cvsroot\n  treetx recover --dry-run --json /srv/cvsroot\n  treetx recover --scan /srv/cvs",
-		Args:    usageArgs(cobra.MinimumNArgs(1)),
+		Example:           "  treetx recover /srv/cvsroot\n  treetx recover --dry-run --json /srv/cvsroot\n  treetx recover --scan /srv/cvs",
+		Args:              usageArgs(cobra.MinimumNArgs(1)),
+		ValidArgsFunction: completeDirs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRecover(args, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

@@ -51,7 +51,8 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 		Example: `  treetx run /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix"
   treetx run -w 30 --exclude '*.tmp' site -- make -C site
   treetx run -n -E 0 /srv/site -- make -C /srv/site   # busy: exit 0, not 75`,
-		Args: cobra.ArbitraryArgs,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: completeDirThenCommand,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.wait.check(cmd); err != nil {
 				return err

@@ -32,7 +32,8 @@ fix it); 125 needs a person, or an error (DIR is not a directory); 64 bad
 command line.`,
 		Example: `  treetx status /srv/cvsroot
   treetx status --json /srv/cvsroot`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args:              usageArgs(cobra.ExactArgs(1)),
+		ValidArgsFunction: completeDirs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runStatus(args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

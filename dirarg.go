@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	txrecover "github.com/treetx/treetx/recover"
 )
 
@@ -23,4 +25,19 @@ func notDirectory(dir string) error {
 // package recover makes it.
 func refusedReport(dir string, err error) *txrecover.Report {
 	return &txrecover.Report{Dir: dir, State: txrecover.StateError, Found: err.Error(), Error: err.Error()}
+}
+
+// completeDirs completes every argument as a directory.
+func completeDirs(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	return nil, cobra.ShellCompDirectiveFilterDirs
+}
+
+// completeDirThenCommand completes the first argument (DIR) as a directory
+// and the others (--, COMMAND and its arguments) as files, as the shell
+// would.
+func completeDirThenCommand(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) == 0 {
+		return nil, cobra.ShellCompDirectiveFilterDirs
+	}
+	return nil, cobra.ShellCompDirectiveDefault
 }

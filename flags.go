@@ -31,6 +31,8 @@ func (w *lockWait) addFlags(c *cobra.Command) {
 	f.VarP(&w.timeout, "lock-timeout", "w", "give up waiting for DIR's lock after `SECONDS` (10, 2.5) or a Go duration (30s, 1m30s), and exit 75 (0: try once; default: wait indefinitely)")
 	f.BoolVarP(&w.nonblock, "nonblock", "n", false, "try DIR's lock once; if it is held, exit 75 at once (as --lock-timeout 0)")
 	f.IntVarP(&w.conflictCode, "conflict-exit-code", "E", exitBusy, "exit with status `N` (0 to 255) when DIR's lock is not had")
+	c.RegisterFlagCompletionFunc("lock-timeout", cobra.NoFileCompletions)
+	c.RegisterFlagCompletionFunc("conflict-exit-code", cobra.NoFileCompletions)
 }
 
 // check reports a bad combination of the flags as a usage error.

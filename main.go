@@ -55,7 +55,7 @@ changes are kept.`,
 		return usageErrorf("%v (see %s --help)", err, c.CommandPath())
 	})
 	root.AddCommand(newRunCommand(), newRecoverCommand(), newStatusCommand(), newGCCommand(), newLockCommand(),
-		newVersionCommand(), newCleanupCommand())
+		newVersionCommand(), newManCommand(), newCleanupCommand())
 	// cobra's completion command (completion bash|zsh|fish|powershell),
 	// made now to refuse an unknown shell as root refuses an unknown
 	// command.
