@@ -24,6 +24,7 @@ type runOptions struct {
 	ownerChange bool
 	fullCheck   bool
 	verbose     bool
+	quiet       bool
 }
 
 func newRunCommand() *cobra.Command {
@@ -57,6 +58,9 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 			if err := o.wait.check(cmd); err != nil {
 				return err
 			}
+			if o.quiet && o.verbose {
+				return usageErrorf("run: --quiet (-q) and --verbose (-v) exclude each other (see %s --help)", cmd.CommandPath())
+			}
 			dash := cmd.ArgsLenAtDash()
 			switch {
 			case dash < 0:
@@ -78,6 +82,7 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 	f.BoolVar(&o.fullCheck, "full-check", false, "at the end, check every linked file for writes in place and changed metadata, not only those the file-system watch saw touched (as root)")
 	f.BoolVar(&o.noCVSCopies, "no-cvs-copies", false, "in a CVS repository, do not copy CVSROOT/history, CVSROOT/val-tags and CVS/fileattr by default")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log every step of the protocol to stderr")
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "say nothing on stderr when COMMAND is committed or rolled back as usual; only what needs attention (lost content, lock not had, a failure of treetx's own)")
 	return c
 }
 
@@ -88,7 +93,9 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 		Logger: newLogger(o.verbose, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 		FullCheck: o.fullCheck,
 	}}
-	opts.Progress, opts.Started = progressPrinter(stderr)
+	if !o.quiet {
+		opts.Progress, opts.Started = progressPrinter(stderr)
+	}
 	rr, err := txn.Run(ctx, dir, argv, opts)
 	if rr != nil && rr.Result != nil {
 		if cerr := startCleanup(rr.Result.Garbage); cerr != nil {
@@ -98,7 +105,7 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 	if rr != nil && rr.StartErr != nil {
 		fmt.Fprintf(stderr, "treetx: %v\n", rr.StartErr)
 	}
-	if rr != nil && rr.Result != nil {
+	if rr != nil && rr.Result != nil && !o.quiet {
 		report(stderr, dir, rr)
 	}
 	if err != nil {

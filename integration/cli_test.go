@@ -408,3 +408,63 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestQuiet: with -q, an ordinary outcome (committed, rolled back) leaves
+// stderr to the command alone; what needs attention is still said: the
+// lock not had, lost content, a command not found.
+func TestQuiet(t *testing.T) {
+	t.Parallel()
+	t.Run("committed", func(t *testing.T) {
+		t.Parallel()
+		_, tree := newTree(t, inPlaceFiles)
+		// Written in place and committed: a warning without -q.
+		r := treetx(t, env(tree, t.TempDir()), runArgs(tree, script(inPlaceScript+"echo own >&2"), "-q")...)
+		wantCode(t, r, 0)
+		if r.stderr != "own\n" {
+			t.Errorf("stderr = %q, want the command's only", r.stderr)
+		}
+	})
+	t.Run("rolled back", func(t *testing.T) {
+		t.Parallel()
+		_, tree := newTree(t, map[string]string{"f": "f\n"})
+		before := capture(t, tree)
+		r := treetx(t, env(tree, t.TempDir()), runArgs(tree, script(`touch "$T/#cvs.lock" "$T/new"; exit 3`), "--quiet")...)
+		wantCode(t, r, 3)
+		if r.stderr != "" {
+			t.Errorf("stderr = %q, want nothing", r.stderr)
+		}
+		treeimage.AssertEqual(t, "before", before, "after", capture(t, tree))
+	})
+	t.Run("lost content", func(t *testing.T) {
+		t.Parallel()
+		_, tree := newTree(t, inPlaceFiles)
+		r := treetx(t, env(tree, t.TempDir()), runArgs(tree, script(inPlaceScript+"exit 1"), "-q")...)
+		wantCode(t, r, 125)
+		contains(t, "stderr", r.stderr, "lost old content: file")
+	})
+	t.Run("not found", func(t *testing.T) {
+		t.Parallel()
+		_, tree := newTree(t, map[string]string{"f": "f\n"})
+		r := treetx(t, nil, runArgs(tree, []string{"treetx-no-such-command-3f9a"}, "-q")...)
+		wantCode(t, r, 127)
+		oneLine(t, r.stderr, "treetx-no-such-command-3f9a")
+	})
+	t.Run("lock not had", func(t *testing.T) {
+		t.Parallel()
+		_, tree := newTree(t, map[string]string{"f": "f\n"})
+		out := t.TempDir()
+		holder := start(t, invocation{args: lockArgs(tree, script(holdScript)), env: append(env(tree, out), "N=h", "THEN=true")})
+		waitForFile(t, holder, filepath.Join(out, "started-h"))
+		for _, args := range [][]string{
+			runArgs(tree, []string{"true"}, "-q", "-n"),
+			runArgs(tree, []string{"true"}, "-q", "-n", "-E", "0"),
+		} {
+			r := treetx(t, nil, args...)
+			oneLine(t, r.stderr, "is held by pid "+strconv.Itoa(holder.pid()))
+		}
+		if err := os.WriteFile(filepath.Join(out, "release"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		wantCode(t, holder.wait(t), 0)
+	})
+}

@@ -94,6 +94,7 @@ func TestUsageErrors(t *testing.T) {
 		{"lock --conflict-exit-code -1", func(tree, _ string) []string { return []string{"lock", "--conflict-exit-code=-1", tree, "--", "true"} }, "0 to 255"},
 		{"-E not a number", func(tree, _ string) []string { return []string{"lock", "-E", "x", tree, "--", "true"} }, "conflict-exit-code"},
 		{"lock -s and -x", func(tree, _ string) []string { return []string{"lock", "-s", "-x", tree, "--", "true"} }, "exclude each other"},
+		{"-q and -v", func(tree, _ string) []string { return []string{"run", "-q", "-v", tree, "--", "true"} }, "exclude each other"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
