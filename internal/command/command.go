@@ -118,6 +118,12 @@ func Run(argv []string, opts Options) (status int, startErr, err error) {
 	werr := cmd.Wait()
 	close(done)
 	<-forwarding
+	if opts.Signals != nil && opts.Received != nil {
+		// A signal sent to the process group (Ctrl-C) reaches the
+		// program and this process at once; the program may have exited
+		// on it before os/signal passed it on to opts.Signals.
+		flushSignals()
+	}
 	for pending := true; pending && opts.Signals != nil; {
 		select {
 		case s := <-opts.Signals:
