@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -22,6 +23,7 @@ type lockOptions struct {
 	wait      *lockWait
 	shared    bool
 	exclusive bool
+	quiet     bool
 }
 
 func newLockCommand() *cobra.Command {
@@ -39,7 +41,8 @@ wait while a transaction runs, and so never see a half-applied change or the
 instant of a rollback's swap; a transaction waits for them. DIR must not need
 recovery (a journal beside it): then COMMAND is not run and the exit status is
 125. COMMAND inherits the lock as descriptor 3; SIGINT, SIGTERM, SIGHUP and
-SIGQUIT sent to treetx are forwarded to it.
+SIGQUIT sent to treetx are forwarded to it. On a terminal, a wait of more
+than a second for the lock is shown, with the lock's holder.
 
 Exit status: COMMAND's own; 128+N if it died of signal N; 126 if it could not
 be executed, 127 if it was not found; 75 (or --conflict-exit-code) if the lock
@@ -73,6 +76,7 @@ was not had within --lock-timeout; 125 if treetx failed or DIR needs recovery;
 	f.BoolVarP(&o.shared, "shared", "s", false, "take the lock shared (readers), not exclusive")
 	f.BoolVarP(&o.exclusive, "exclusive", "x", false, "take the lock exclusive (the default)")
 	o.wait.addFlags(c)
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "say nothing on stderr of an ordinary outcome (no wait shown); only what needs attention")
 	return c
 }
 
@@ -106,7 +110,9 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 	if o.shared {
 		mode = lock.Shared
 	}
+	stopShowing := showLockWait(newProgressLine(stderr, o.quiet), n.Dir, n.Path(n.Lock))
 	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: o.wait.wait(), Gate: n.Path(n.Gate)})
+	stopShowing()
 	cancel()
 	if s := <-got; s != nil {
 		if lk != nil {
@@ -142,6 +148,39 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 		fmt.Fprintf(stderr, "treetx: warning: %v\n", err)
 	}
 	return exitStatus(status)
+}
+
+// showLockWait shows on p, once the wait has lasted a second and then every
+// second, how long treetx has waited for the lock at path and who holds it.
+// The function it returns stops that and erases the line.
+func showLockWait(p *progressLine, dir, path string) (stop func()) {
+	if p == nil {
+		return func() {}
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		start := time.Now()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				who := "another process"
+				if h, err := lock.ReadHolder(path); err == nil && h != nil && !h.Stale {
+					who = h.String()
+				}
+				p.status(fmt.Sprintf("treetx: waiting for the lock on %s, held by %s: %s", dir, who, now.Sub(start).Round(time.Second)))
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-stopped
+		p.clear()
+	}
 }
 
 // lockNames resolves DIR as treetx run does (symlinks once; a missing DIR is

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -93,10 +92,16 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 		Logger: newLogger(o.verbose, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 		FullCheck: o.fullCheck,
 	}}
-	if !o.quiet {
-		opts.Progress, opts.Started = progressPrinter(stderr)
+	// The progress line is erased before the command starts, so that
+	// nothing of it stays among the command's output, and before any
+	// message.
+	progress := newProgressLine(stderr, o.quiet)
+	if progress != nil {
+		opts.Progress = func(n int64) { progress.entries("building the shadow", n, 0) }
+		opts.Started = func(*txn.Tx) { progress.clear() }
 	}
 	rr, err := txn.Run(ctx, dir, argv, opts)
+	progress.clear()
 	if rr != nil && rr.Result != nil {
 		if cerr := startCleanup(rr.Result.Garbage); cerr != nil {
 			fmt.Fprintf(stderr, "treetx: warning: %v (treetx gc removes them later)\n", cerr)
@@ -159,30 +164,6 @@ func report(w io.Writer, dir string, rr *txn.RunResult) {
 		}
 		fmt.Fprintf(w, "treetx: left out of the transaction and gone with the failed tree: %s%s (lock and temporary files; --exclude)\n", strings.Join(shown, ", "), more)
 	}
-}
-
-// progressPrinter shows the shadow's progress on one line when stderr is a
-// terminal (every 10,000 entries), and clears that line when the shadow is
-// complete, before the command starts.
-func progressPrinter(w io.Writer) (progress func(int64), started func(*txn.Tx)) {
-	f, ok := w.(*os.File)
-	if !ok {
-		return nil, nil
-	}
-	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
-		return nil, nil
-	}
-	shown := false
-	progress = func(n int64) {
-		shown = true
-		fmt.Fprintf(w, "\rtreetx: building the shadow: %d entries\x1b[K", n)
-	}
-	started = func(*txn.Tx) {
-		if shown {
-			fmt.Fprint(w, "\r\x1b[K")
-		}
-	}
-	return progress, started
 }
 
 func newLogger(verbose bool, w io.Writer) *slog.Logger {

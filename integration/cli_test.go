@@ -458,6 +458,8 @@ func TestQuiet(t *testing.T) {
 		for _, args := range [][]string{
 			runArgs(tree, []string{"true"}, "-q", "-n"),
 			runArgs(tree, []string{"true"}, "-q", "-n", "-E", "0"),
+			lockArgs(tree, []string{"true"}, "-q", "-n"),
+			lockArgs(tree, []string{"true"}, "-q", "-n", "-E", "0"),
 		} {
 			r := treetx(t, nil, args...)
 			oneLine(t, r.stderr, "is held by pid "+strconv.Itoa(holder.pid()))
@@ -466,5 +468,10 @@ func TestQuiet(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantCode(t, holder.wait(t), 0)
+		r := treetx(t, nil, lockArgs(tree, script("echo own >&2; exit 4"), "-q")...)
+		wantCode(t, r, 4)
+		if r.stderr != "own\n" {
+			t.Errorf("lock -q: stderr = %q, want the command's only", r.stderr)
+		}
 	})
 }

@@ -77,6 +77,8 @@ type invocation struct {
 	dir   string   // working directory; "" is the test's
 	cred  *syscall.Credential
 	stdin string
+	// stderr, if set, is treetx's stderr (a terminal), instead of a file.
+	stderr *os.File
 	// group starts treetx in a process group of its own, which its
 	// command joins, as a shell starts a job (see proc.signalGroup).
 	group bool
@@ -122,6 +124,9 @@ func start(t *testing.T, inv invocation) *proc {
 	cmd.Env = append(os.Environ(), inv.env...)
 	cmd.Dir = inv.dir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if inv.stderr != nil {
+		cmd.Stderr = inv.stderr
+	}
 	if inv.stdin != "" {
 		cmd.Stdin = strings.NewReader(inv.stdin)
 	}
