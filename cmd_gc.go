@@ -19,11 +19,12 @@ type gcOptions struct {
 	json      bool
 }
 
-func newGCCommand(g *globals) *cobra.Command {
+func newGCCommand() *cobra.Command {
 	o := &gcOptions{olderThan: durationFlag(txrecover.DefaultFailedAge)}
 	c := &cobra.Command{
-		Use:   "gc [--older-than DURATION] [--dry-run] [--json] ROOT...",
-		Short: "Remove what finished or abandoned transactions left under each ROOT",
+		Use:                   "gc [--older-than DURATION] [--dry-run] [--json] ROOT...",
+		DisableFlagsInUseLine: true,
+		Short:                 "Remove what finished or abandoned transactions left under each ROOT",
 		Long: `Remove what finished or abandoned transactions left under each ROOT; for cron.
 
 gc walks each ROOT as recover --scan does (no symlinks followed, no mount
@@ -44,8 +45,9 @@ Silent when there is nothing to do; otherwise one line:
 
 Exit status: 0 done; 75 some directory is busy; 125 some directory needs a
 person, or gc failed (125 wins over 75); 64 bad command line.`,
-		Example: "  treetx gc /srv/cvs\n  treetx gc --older-than 168h --dry-run /srv/cvs /srv/www",
-		Args:    usageArgs(cobra.MinimumNArgs(1)),
+		Example:           "  treetx gc /srv/cvs\n  treetx gc --older-than 168h --dry-run /srv/cvs /srv/www",
+		Args:              usageArgs(cobra.MinimumNArgs(1)),
+		ValidArgsFunction: completeDirs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGC(args, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

@@ -20,15 +20,18 @@ import (
 )
 
 type lockOptions struct {
-	shared      bool
-	lockTimeout durationFlag
+	wait      *lockWait
+	shared    bool
+	exclusive bool
+	quiet     bool
 }
 
-func newLockCommand(g *globals) *cobra.Command {
-	o := &lockOptions{lockTimeout: -1}
+func newLockCommand() *cobra.Command {
+	o := &lockOptions{wait: newLockWait()}
 	c := &cobra.Command{
-		Use:   "lock [--shared] [--lock-timeout D] DIR -- COMMAND [ARG...]",
-		Short: "Run COMMAND under DIR's lock, without a transaction",
+		Use:                   "lock [flags] DIR -- COMMAND [ARG...]",
+		DisableFlagsInUseLine: true,
+		Short:                 "Run COMMAND under DIR's lock, without a transaction",
 		Long: `Run COMMAND under DIR's lock, without a transaction.
 
 The lock is the one treetx run holds from the start of a transaction to the
@@ -38,16 +41,25 @@ wait while a transaction runs, and so never see a half-applied change or the
 instant of a rollback's swap; a transaction waits for them. DIR must not need
 recovery (a journal beside it): then COMMAND is not run and the exit status is
 125. COMMAND inherits the lock as descriptor 3; SIGINT, SIGTERM, SIGHUP and
-SIGQUIT sent to treetx are forwarded to it.
+SIGQUIT sent to treetx are forwarded to it. On a terminal, a wait of more
+than a second for the lock is shown, with the lock's holder.
 
 Exit status: COMMAND's own; 128+N if it died of signal N; 126 if it could not
-be executed, 127 if it was not found; 75 if the lock was not had within
---lock-timeout; 125 if treetx failed or DIR needs recovery; 64 for a bad
-command line.`,
+be executed, 127 if it was not found; 75 (or --conflict-exit-code) if the lock
+was not had within --lock-timeout; 125 if treetx failed or DIR needs recovery;
+64 for a bad command line.`,
 		Example: `  treetx lock --shared /srv/cvsroot -- cvs -d /srv/cvsroot checkout mod
-  treetx lock --lock-timeout 10s /srv/site -- rsync -a /srv/site/ mirror:/srv/site/`,
-		Args: cobra.ArbitraryArgs,
+  treetx lock -w 10 /srv/site -- rsync -a /srv/site/ mirror:/srv/site/
+  treetx lock -s -n -E 0 /srv/site -- make -C /srv/site check   # busy: exit 0, not 75`,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: completeDirThenCommand,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.wait.check(cmd); err != nil {
+				return err
+			}
+			if o.shared && o.exclusive {
+				return usageErrorf("lock: --shared (-s) and --exclusive (-x) exclude each other (see %s --help)", cmd.CommandPath())
+			}
 			dash := cmd.ArgsLenAtDash()
 			switch {
 			case dash < 0:
@@ -61,8 +73,10 @@ command line.`,
 		},
 	}
 	f := c.Flags()
-	f.BoolVar(&o.shared, "shared", false, "take the lock shared (readers), not exclusive")
-	f.Var(&o.lockTimeout, "lock-timeout", "give up waiting for DIR's lock after this long, exit 75 (0: try once; default: wait indefinitely)")
+	f.BoolVarP(&o.shared, "shared", "s", false, "take the lock shared (readers), not exclusive")
+	f.BoolVarP(&o.exclusive, "exclusive", "x", false, "take the lock exclusive (the default)")
+	o.wait.addFlags(c)
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "say nothing on stderr of an ordinary outcome (no wait shown); only what needs attention")
 	return c
 }
 
@@ -96,7 +110,9 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 	if o.shared {
 		mode = lock.Shared
 	}
-	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: time.Duration(o.lockTimeout), Gate: n.Path(n.Gate)})
+	stopShowing := showLockWait(newProgressLine(stderr, o.quiet), n.Dir, n.Path(n.Lock))
+	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: o.wait.wait(), Gate: n.Path(n.Gate)})
+	stopShowing()
 	cancel()
 	if s := <-got; s != nil {
 		if lk != nil {
@@ -106,7 +122,7 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 		return exitStatus(128 + int(s.(syscall.Signal)))
 	}
 	if err != nil {
-		return err
+		return o.wait.conflict(err)
 	}
 	defer lk.Release()
 	// Under the lock, the directory is what the last transaction left: it
@@ -132,6 +148,39 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 		fmt.Fprintf(stderr, "treetx: warning: %v\n", err)
 	}
 	return exitStatus(status)
+}
+
+// showLockWait shows on p, once the wait has lasted a second and then every
+// second, how long treetx has waited for the lock at path and who holds it.
+// The function it returns stops that and erases the line.
+func showLockWait(p *progressLine, dir, path string) (stop func()) {
+	if p == nil {
+		return func() {}
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		start := time.Now()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				who := "another process"
+				if h, err := lock.ReadHolder(path); err == nil && h != nil && !h.Stale {
+					who = h.String()
+				}
+				p.status(fmt.Sprintf("treetx: waiting for the lock on %s, held by %s: %s", dir, who, now.Sub(start).Round(time.Second)))
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-stopped
+		p.clear()
+	}
 }
 
 // lockNames resolves DIR as treetx run does (symlinks once; a missing DIR is

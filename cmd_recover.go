@@ -18,11 +18,12 @@ type recoverOptions struct {
 	scan   bool
 }
 
-func newRecoverCommand(g *globals) *cobra.Command {
+func newRecoverCommand() *cobra.Command {
 	o := &recoverOptions{}
 	c := &cobra.Command{
-		Use:   "recover [--dry-run] [--json] DIR... | --scan ROOT...",
-		Short: "Finish or undo what a crash left on each DIR",
+		Use:                   "recover [--dry-run] [--json] DIR... | --scan ROOT...",
+		DisableFlagsInUseLine: true,
+		Short:                 "Finish or undo what a crash left on each DIR",
 		Long: `Finish or undo what a crash left on each DIR.
 
 For each DIR, recover takes its lock without waiting. If a live transaction
@@ -38,9 +39,11 @@ recovered, one line each. The walk does not follow symlinks, does not cross
 mount points and does not descend into treetx's own trees (.#treetx.*).
 
 Exit status: 0 every DIR is consistent now; 75 some DIR is busy; 125 some DIR
-needs a person (or recovery failed; 125 wins over 75); 64 bad command line.`,
-		Example: "  treetx recover /srv/cvsroot\n  treetx recover --dry-run --json /srv/cvsroot\n  treetx recover --scan /srv/cvs",
-		Args:    usageArgs(cobra.MinimumNArgs(1)),
+needs a person (or recovery failed, or it is not a directory; 125 wins over
+75); 64 bad command line.`,
+		Example:           "  treetx recover /srv/cvsroot\n  treetx recover --dry-run --json /srv/cvsroot\n  treetx recover --scan /srv/cvs",
+		Args:              usageArgs(cobra.MinimumNArgs(1)),
+		ValidArgsFunction: completeDirs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRecover(args, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -58,7 +61,13 @@ func runRecover(args []string, o *recoverOptions, stdout, stderr io.Writer) erro
 		dirs = scanRoots(args, &codes, "recover", stderr)
 	}
 	for _, dir := range dirs {
-		r, err := txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun, NoFollow: o.scan})
+		var r *txrecover.Report
+		err := notDirectory(dir)
+		if err != nil {
+			r = refusedReport(dir, err)
+		} else {
+			r, err = txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun, NoFollow: o.scan})
+		}
 		printReport(stdout, r, o.json, o.dryRun)
 		if err != nil {
 			if !errors.Is(err, txrecover.ErrBusy) {

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -17,20 +15,23 @@ import (
 )
 
 type runOptions struct {
-	lockTimeout durationFlag
+	wait        *lockWait
 	exclude     []string
 	copy        []string
 	noCVSCopies bool
 	waitCleanup bool
 	ownerChange bool
 	fullCheck   bool
+	verbose     bool
+	quiet       bool
 }
 
-func newRunCommand(g *globals) *cobra.Command {
-	o := &runOptions{lockTimeout: -1}
+func newRunCommand() *cobra.Command {
+	o := &runOptions{wait: newLockWait()}
 	c := &cobra.Command{
-		Use:   "run [flags] DIR -- COMMAND [ARG...]",
-		Short: "Run COMMAND as one atomic, crash-safe transaction on DIR",
+		Use:                   "run [flags] DIR -- COMMAND [ARG...]",
+		DisableFlagsInUseLine: true,
+		Short:                 "Run COMMAND as one atomic, crash-safe transaction on DIR",
 		Long: `Run COMMAND as one atomic, crash-safe transaction on the tree DIR.
 
 treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
@@ -38,14 +39,27 @@ treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
 its changes are made durable and kept; otherwise DIR is put back exactly as it
 was. After a crash, run: treetx recover DIR.
 
-Exit status: COMMAND's own; 128+N if it died of signal N; 126 if it could not
-be executed, 127 if it was not found (DIR untouched in both); 75 if DIR's lock
-was not had in time; 125 if treetx itself failed, or if a rollback found files
-written in place whose old content is lost; 64 for a bad command line.`,
+SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to treetx (Ctrl-C) are forwarded to
+COMMAND, and DIR is then rolled back whatever COMMAND returns: an interrupted
+transaction is abandoned.
+
+Exit status: COMMAND's own; 128+N if it died of signal N, or if treetx was
+sent signal N while it ran; 126 if it could not be executed, 127 if it was
+not found (DIR untouched in both); 75 (or --conflict-exit-code) if DIR's lock
+was not had in time; 125 if treetx itself failed, or if a rollback found
+files written in place whose old content is lost; 64 for a bad command line.`,
 		Example: `  treetx run /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix"
-  treetx run --lock-timeout 30s --exclude '*.tmp' site -- make -C site`,
-		Args: cobra.ArbitraryArgs,
+  treetx run -w 30 --exclude '*.tmp' site -- make -C site
+  treetx run -n -E 0 /srv/site -- make -C /srv/site   # busy: exit 0, not 75`,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: completeDirThenCommand,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.wait.check(cmd); err != nil {
+				return err
+			}
+			if o.quiet && o.verbose {
+				return usageErrorf("run: --quiet (-q) and --verbose (-v) exclude each other (see %s --help)", cmd.CommandPath())
+			}
 			dash := cmd.ArgsLenAtDash()
 			switch {
 			case dash < 0:
@@ -55,29 +69,39 @@ written in place whose old content is lost; 64 for a bad command line.`,
 			case len(args) == 1:
 				return usageErrorf("run: no command after -- (usage: treetx run DIR -- COMMAND [ARG...])")
 			}
-			return runRun(cmd.Context(), args[0], args[1:], o, g, cmd.ErrOrStderr())
+			return runRun(cmd.Context(), args[0], args[1:], o, cmd.ErrOrStderr())
 		},
 	}
+	o.wait.addFlags(c)
 	f := c.Flags()
-	f.Var(&o.lockTimeout, "lock-timeout", "give up waiting for DIR's lock after this long, exit 75 (0: try once; default: wait indefinitely)")
 	f.StringArrayVar(&o.exclude, "exclude", nil, "leave entries matching `GLOB` out of the transaction (repeatable; a GLOB with no / matches base names)")
 	f.StringArrayVar(&o.copy, "copy", nil, "give files matching `GLOB` a real copy in the shadow, for programs that write them in place (repeatable)")
 	f.BoolVar(&o.ownerChange, "allow-owner-change", false, "as a user other than root, let a rollback give you directories and CVS files that another user owns (else such a tree is refused)")
 	f.BoolVar(&o.waitCleanup, "wait-cleanup", false, "delete the thrown-away tree before exiting, instead of in a detached process")
 	f.BoolVar(&o.fullCheck, "full-check", false, "at the end, check every linked file for writes in place and changed metadata, not only those the file-system watch saw touched (as root)")
 	f.BoolVar(&o.noCVSCopies, "no-cvs-copies", false, "in a CVS repository, do not copy CVSROOT/history, CVSROOT/val-tags and CVS/fileattr by default")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log every step of the protocol to stderr")
+	f.BoolVarP(&o.quiet, "quiet", "q", false, "say nothing on stderr when COMMAND is committed or rolled back as usual; only what needs attention (lost content, lock not had, a failure of treetx's own)")
 	return c
 }
 
-func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *globals, stderr io.Writer) error {
+func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stderr io.Writer) error {
 	opts := txn.RunOptions{Options: txn.Options{
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
-		LockTimeout: time.Duration(o.lockTimeout), NoWait: o.lockTimeout == 0, Command: argv,
-		Logger: newLogger(g, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
+		LockTimeout: o.wait.wait(), NoWait: o.wait.wait() == 0, Command: argv,
+		Logger: newLogger(o.verbose, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
 		FullCheck: o.fullCheck,
 	}}
-	opts.Progress, opts.Started = progressPrinter(stderr)
+	// The progress line is erased before the command starts, so that
+	// nothing of it stays among the command's output, and before any
+	// message.
+	progress := newProgressLine(stderr, o.quiet)
+	if progress != nil {
+		opts.Progress = func(n int64) { progress.entries("building the shadow", n, 0) }
+		opts.Started = func(*txn.Tx) { progress.clear() }
+	}
 	rr, err := txn.Run(ctx, dir, argv, opts)
+	progress.clear()
 	if rr != nil && rr.Result != nil {
 		if cerr := startCleanup(rr.Result.Garbage); cerr != nil {
 			fmt.Fprintf(stderr, "treetx: warning: %v (treetx gc removes them later)\n", cerr)
@@ -86,7 +110,7 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *gl
 	if rr != nil && rr.StartErr != nil {
 		fmt.Fprintf(stderr, "treetx: %v\n", rr.StartErr)
 	}
-	if rr != nil && rr.Result != nil {
+	if rr != nil && rr.Result != nil && !o.quiet {
 		report(stderr, dir, rr)
 	}
 	if err != nil {
@@ -99,7 +123,10 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, g *gl
 			fmt.Fprintf(stderr, "treetx: the listed files hold what the failed command wrote; list them with --copy to protect them next time\n")
 			return exitStatus(exitTreetxError)
 		}
-		return err
+		return o.wait.conflict(err)
+	}
+	if rr.Signal != 0 {
+		return exitStatus(128 + int(rr.Signal))
 	}
 	return exitStatus(rr.Status)
 }
@@ -116,13 +143,16 @@ func report(w io.Writer, dir string, rr *txn.RunResult) {
 		}
 		return
 	}
-	why := fmt.Sprintf("exited with status %d", rr.Status)
+	why := fmt.Sprintf("command exited with status %d", rr.Status)
 	if rr.Status > 128 && rr.StartErr == nil {
-		why = fmt.Sprintf("was killed by signal %d (%s)", rr.Status-128, unix.SignalName(unix.Signal(rr.Status-128)))
+		why = fmt.Sprintf("command was killed by signal %d (%s)", rr.Status-128, unix.SignalName(unix.Signal(rr.Status-128)))
 	} else if rr.StartErr != nil {
-		why = "could not be started"
+		why = "command could not be started"
 	}
-	fmt.Fprintf(w, "treetx: command %s: rolled back %s\n", why, dir)
+	if rr.Signal != 0 {
+		why = fmt.Sprintf("interrupted by %s (the %s)", unix.SignalName(rr.Signal), why)
+	}
+	fmt.Fprintf(w, "treetx: %s: rolled back %s\n", why, dir)
 	if n := len(res.LeftOut); n > 0 {
 		shown := res.LeftOut
 		if n > 5 {
@@ -136,58 +166,9 @@ func report(w io.Writer, dir string, rr *txn.RunResult) {
 	}
 }
 
-// progressPrinter shows the shadow's progress on one line when stderr is a
-// terminal (every 10,000 entries), and clears that line when the shadow is
-// complete, before the command starts.
-func progressPrinter(w io.Writer) (progress func(int64), started func(*txn.Tx)) {
-	f, ok := w.(*os.File)
-	if !ok {
-		return nil, nil
-	}
-	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
-		return nil, nil
-	}
-	shown := false
-	progress = func(n int64) {
-		shown = true
-		fmt.Fprintf(w, "\rtreetx: building the shadow: %d entries\x1b[K", n)
-	}
-	started = func(*txn.Tx) {
-		if shown {
-			fmt.Fprint(w, "\r\x1b[K")
-		}
-	}
-	return progress, started
-}
-
-func newLogger(g *globals, w io.Writer) *slog.Logger {
-	if !g.verbose {
+func newLogger(verbose bool, w io.Writer) *slog.Logger {
+	if !verbose {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
-
-// durationFlag is a duration whose negative value means "no limit" and is
-// not shown as a default.
-type durationFlag time.Duration
-
-func (d *durationFlag) String() string {
-	if *d < 0 {
-		return ""
-	}
-	return time.Duration(*d).String()
-}
-
-func (d *durationFlag) Set(s string) error {
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	if v < 0 {
-		return fmt.Errorf("negative duration %s", s)
-	}
-	*d = durationFlag(v)
-	return nil
-}
-
-func (d *durationFlag) Type() string { return "duration" }

@@ -13,11 +13,12 @@ type statusOptions struct {
 	json bool
 }
 
-func newStatusCommand(g *globals) *cobra.Command {
+func newStatusCommand() *cobra.Command {
 	o := &statusOptions{}
 	c := &cobra.Command{
-		Use:   "status [--json] DIR",
-		Short: "Tell whether DIR is idle, in a transaction, or needs recovery",
+		Use:                   "status [--json] DIR",
+		DisableFlagsInUseLine: true,
+		Short:                 "Tell whether DIR is idle, in a transaction, or needs recovery",
 		Long: `Tell whether DIR is idle, in a transaction, or needs recovery.
 
 One line: DIR, its state (idle, in progress, needs recovery, needs a person),
@@ -27,8 +28,12 @@ treetx recover would do. status changes nothing, and does not wait for the
 lock. --json prints the object docs/protocol.md describes.
 
 Exit status: 0 idle or in progress; 3 needs recovery (treetx recover DIR would
-fix it); 125 needs a person, or an error; 64 bad command line.`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+fix it); 125 needs a person, or an error (DIR is not a directory); 64 bad
+command line.`,
+		Example: `  treetx status /srv/cvsroot
+  treetx status --json /srv/cvsroot`,
+		Args:              usageArgs(cobra.ExactArgs(1)),
+		ValidArgsFunction: completeDirs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runStatus(args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -38,7 +43,13 @@ fix it); 125 needs a person, or an error; 64 bad command line.`,
 }
 
 func runStatus(dir string, o *statusOptions, stdout, stderr io.Writer) error {
-	r, err := txrecover.Inspect(dir)
+	var r *txrecover.Report
+	err := notDirectory(dir)
+	if err != nil {
+		r = refusedReport(dir, err)
+	} else {
+		r, err = txrecover.Inspect(dir)
+	}
 	printReport(stdout, r, o.json, true)
 	if err != nil {
 		fmt.Fprintf(stderr, "treetx: status: %v\n", err)

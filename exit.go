@@ -29,6 +29,16 @@ func usageErrorf(format string, args ...any) error {
 	return &usageError{fmt.Sprintf(format, args...)}
 }
 
+// codedError is an error with the exit status it calls for, other than the
+// one exitCode would give it (--conflict-exit-code).
+type codedError struct {
+	err  error
+	code int
+}
+
+func (e *codedError) Error() string { return e.err.Error() }
+func (e *codedError) Unwrap() error { return e.err }
+
 // exitStatus carries an exit status whose reason was already printed (or
 // needs no message: the command's own status).
 type exitStatus int
@@ -40,9 +50,12 @@ func exitCode(err error) int {
 	var usage *usageError
 	var status exitStatus
 	var interrupted *txn.InterruptedError
+	var coded *codedError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &coded):
+		return coded.code
 	case errors.As(err, &interrupted):
 		return 128 + int(interrupted.Signal)
 	case errors.As(err, &status):

@@ -84,6 +84,17 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", func(tree, _ string) []string { return []string{"run", "--no-such-flag", tree, "--", "true"} }, "no-such-flag"},
 		{"bad --lock-timeout", func(tree, _ string) []string { return []string{"run", "--lock-timeout", "soon", tree, "--", "true"} }, "lock-timeout"},
 		{"negative --lock-timeout", func(tree, _ string) []string { return []string{"run", "--lock-timeout", "-1s", tree, "--", "true"} }, "lock-timeout"},
+		{"negative -w seconds", func(tree, _ string) []string { return []string{"run", "-w", "-1", tree, "--", "true"} }, "lock-timeout"},
+		{"-w not a number", func(tree, _ string) []string { return []string{"run", "-w", "1.2.3", tree, "--", "true"} }, "seconds"},
+		{"-n and -w", func(tree, _ string) []string { return []string{"run", "-n", "-w", "5", tree, "--", "true"} }, "exclude each other"},
+		{"lock -n and --lock-timeout", func(tree, _ string) []string {
+			return []string{"lock", "--lock-timeout", "0", "-n", tree, "--", "true"}
+		}, "exclude each other"},
+		{"-E 256", func(tree, _ string) []string { return []string{"run", "-E", "256", tree, "--", "true"} }, "0 to 255"},
+		{"lock --conflict-exit-code -1", func(tree, _ string) []string { return []string{"lock", "--conflict-exit-code=-1", tree, "--", "true"} }, "0 to 255"},
+		{"-E not a number", func(tree, _ string) []string { return []string{"lock", "-E", "x", tree, "--", "true"} }, "conflict-exit-code"},
+		{"lock -s and -x", func(tree, _ string) []string { return []string{"lock", "-s", "-x", tree, "--", "true"} }, "exclude each other"},
+		{"-q and -v", func(tree, _ string) []string { return []string{"run", "-q", "-v", tree, "--", "true"} }, "exclude each other"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

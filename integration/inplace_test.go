@@ -116,7 +116,7 @@ func TestWatchAndFullCheckAgree(t *testing.T) {
 		_, tree := newTree(t, inPlaceFiles)
 		notFile := treeimage.Options{Ignore: func(p string) bool { return p == "file" }}
 		before := treeimage.MustCapture(t, tree, notFile)
-		r := treetx(t, env(tree, t.TempDir()), append([]string{"-v"}, runArgs(tree, script(s), flags...)...)...)
+		r := treetx(t, env(tree, t.TempDir()), runArgs(tree, script(s), append([]string{"-v"}, flags...)...)...)
 		wantCode(t, r, 125)
 		contains(t, "stderr", r.stderr, "lost old content: file")
 		treeimage.AssertEqual(t, "before", before, "after rollback "+strings.Join(flags, " "), treeimage.MustCapture(t, tree, notFile))

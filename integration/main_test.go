@@ -77,6 +77,11 @@ type invocation struct {
 	dir   string   // working directory; "" is the test's
 	cred  *syscall.Credential
 	stdin string
+	// stderr, if set, is treetx's stderr (a terminal), instead of a file.
+	stderr *os.File
+	// group starts treetx in a process group of its own, which its
+	// command joins, as a shell starts a job (see proc.signalGroup).
+	group bool
 }
 
 // result is what a finished treetx process left.
@@ -119,11 +124,14 @@ func start(t *testing.T, inv invocation) *proc {
 	cmd.Env = append(os.Environ(), inv.env...)
 	cmd.Dir = inv.dir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if inv.stderr != nil {
+		cmd.Stderr = inv.stderr
+	}
 	if inv.stdin != "" {
 		cmd.Stdin = strings.NewReader(inv.stdin)
 	}
-	if inv.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: inv.cred}
+	if inv.cred != nil || inv.group {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: inv.cred, Setpgid: inv.group}
 	}
 	p := &proc{cmd: cmd, stdout: stdout, stderr: stderr, start: time.Now(), cancel: cancel}
 	if err := cmd.Start(); err != nil {
@@ -146,6 +154,16 @@ func (p *proc) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("send %v to treetx (pid %d): %v", sig, p.pid(), err)
+	}
+}
+
+// signalGroup sends sig to treetx's process group (started with group), as
+// a terminal sends SIGINT to its foreground job on Ctrl-C: treetx and its
+// command both get it.
+func (p *proc) signalGroup(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := syscall.Kill(-p.pid(), sig); err != nil {
+		t.Fatalf("send %v to treetx's process group (%d): %v", sig, p.pid(), err)
 	}
 }
 

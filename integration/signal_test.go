@@ -26,8 +26,9 @@ while :; do sleep 0.02; done
 `
 
 // TestSignalToTreetxReachesCommand sends a signal to treetx itself (not to
-// the command) while the command runs: the command receives it, and as it
-// then exits non-zero, the tree is rolled back.
+// the command) while the command runs: the command receives it, the tree is
+// rolled back, and treetx exits 128+N (not the command's 9), as timeout(1)
+// exits 124.
 func TestSignalToTreetxReachesCommand(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -48,7 +49,8 @@ func TestSignalToTreetxReachesCommand(t *testing.T) {
 			waitForFile(t, p, filepath.Join(out, "started"))
 			p.signal(t, tt.sig)
 			r := p.wait(t)
-			wantCode(t, r, 9)
+			wantCode(t, r, 128+int(tt.sig))
+			oneLine(t, r.stderr, "interrupted by SIG"+tt.name, "status 9", "rolled back")
 			got, err := os.ReadFile(filepath.Join(out, "got"))
 			if err != nil || strings.TrimSpace(string(got)) != tt.name {
 				t.Errorf("the command got %q (%v), want %s", got, err, tt.name)
@@ -59,24 +61,70 @@ func TestSignalToTreetxReachesCommand(t *testing.T) {
 	}
 }
 
-// TestSignalToTreetxCommandExitsZeroCommits: a command that catches the
-// signal and exits 0 has its changes kept.
-func TestSignalToTreetxCommandExitsZeroCommits(t *testing.T) {
+// TestSignalToTreetxRollsBackWhenCommandExitsZero: a user who interrupts
+// treetx means to abandon the transaction. A command that traps the signal,
+// changes the tree in its handler and exits 0 is rolled back all the same,
+// and treetx exits 128+N; with --quiet it says nothing of it.
+func TestSignalToTreetxRollsBackWhenCommandExitsZero(t *testing.T) {
 	t.Parallel()
-	parent, tree := newTree(t, map[string]string{"f": "f\n"})
-	out := t.TempDir()
-	s := `trap 'printf done > "$T/added"; exit 0' TERM
+	const s = `trap 'printf done > "$T/added"; exit 0' INT TERM HUP QUIT
+printf x > "$T/before-signal"
 touch "$O/started"
 while :; do sleep 0.02; done
 `
-	p := start(t, invocation{args: runArgs(tree, script(s)), env: env(tree, out)})
-	waitForFile(t, p, filepath.Join(out, "started"))
-	p.signal(t, syscall.SIGTERM)
-	r := p.wait(t)
-	wantCode(t, r, 0)
-	if b, err := os.ReadFile(filepath.Join(tree, "added")); err != nil || string(b) != "done" {
-		t.Errorf("added = %q, %v; want the file the command wrote on SIGTERM", b, err)
+	for _, tt := range []struct {
+		sig   syscall.Signal
+		name  string
+		flags []string
+	}{
+		{syscall.SIGINT, "INT", nil},
+		{syscall.SIGTERM, "TERM", nil},
+		{syscall.SIGHUP, "HUP", nil},
+		{syscall.SIGQUIT, "QUIT", nil},
+		{syscall.SIGINT, "INT", []string{"--quiet"}},
+	} {
+		t.Run(strings.Join(append([]string{tt.name}, tt.flags...), " "), func(t *testing.T) {
+			t.Parallel()
+			parent, tree := newTree(t, map[string]string{"f": "f\n", "d/g": "g\n"})
+			out := t.TempDir()
+			before := capture(t, tree)
+			p := start(t, invocation{args: runArgs(tree, script(s), tt.flags...), env: env(tree, out)})
+			waitForFile(t, p, filepath.Join(out, "started"))
+			p.signal(t, tt.sig)
+			r := p.wait(t)
+			wantCode(t, r, 128+int(tt.sig))
+			if tt.flags == nil {
+				oneLine(t, r.stderr, "interrupted by SIG"+tt.name, "exited with status 0", "rolled back")
+			} else if r.stderr != "" {
+				t.Errorf("stderr with --quiet = %q, want nothing", r.stderr)
+			}
+			treeimage.AssertEqual(t, "before", before, "after the interrupted run", capture(t, tree))
+			noLeftovers(t, parent, "tree")
+		})
 	}
+}
+
+// TestCtrlCRollsBack sends SIGINT to treetx's process group, as a terminal
+// does on Ctrl-C: the command gets it twice (from the "terminal" and from
+// treetx), traps it and exits 0, possibly before treetx could forward it.
+// The transaction is rolled back all the same and treetx exits 130.
+func TestCtrlCRollsBack(t *testing.T) {
+	t.Parallel()
+	const s = `trap 'printf done > "$T/added"; exit 0' INT
+printf x > "$T/before-signal"
+touch "$O/started"
+while :; do sleep 0.02; done
+`
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
+	out := t.TempDir()
+	before := capture(t, tree)
+	p := start(t, invocation{args: runArgs(tree, script(s)), env: env(tree, out), group: true})
+	waitForFile(t, p, filepath.Join(out, "started"))
+	p.signalGroup(t, syscall.SIGINT)
+	r := p.wait(t)
+	wantCode(t, r, 130)
+	oneLine(t, r.stderr, "interrupted by SIGINT", "rolled back")
+	treeimage.AssertEqual(t, "before", before, "after Ctrl-C", capture(t, tree))
 	noLeftovers(t, parent, "tree")
 }
 

@@ -63,7 +63,7 @@ measure() {
   sync
   # A whole transaction; the command notes when it starts and ends.
   t0=$(now)
-  "$tx" -v run "$d" -- sh -c 'date +%s%N >"$0"; date +%s%N >"$1"' "$work/start" "$work/end" 2>"$work/log"
+  "$tx" run -v "$d" -- sh -c 'date +%s%N >"$0"; date +%s%N >"$1"' "$work/start" "$work/end" 2>"$work/log"
   t1=$(now)
   echo "$label run $((t1 - t0))" >>"$results"
   echo "$label shadow $(($(cat "$work/start") - t0))" >>"$results"

@@ -50,6 +50,11 @@ type RunResult struct {
 	Committed bool
 	// StartErr is why the command could not start, if it could not.
 	StartErr error
+	// Signal is the first of SIGINT, SIGTERM, SIGHUP and SIGQUIT that
+	// reached this process while the command ran (and was forwarded to it),
+	// or 0. Whoever interrupts a transaction means to abandon it: it was
+	// rolled back, whatever the command's status.
+	Signal syscall.Signal
 	// Result is the transaction's result.
 	Result *Result
 }
@@ -63,8 +68,9 @@ type RunResult struct {
 // stays held as long as the command or any descendant that keeps the
 // descriptor lives, even if this process is killed (SIGKILL). The command is
 // also killed (SIGKILL) if this process dies. SIGINT, SIGTERM, SIGHUP and
-// SIGQUIT reaching this process while the command runs are forwarded to it;
-// before it starts, they cancel the transaction.
+// SIGQUIT reaching this process while the command runs are forwarded to it,
+// and the transaction is then rolled back even if the command exits 0
+// (RunResult.Signal); before it starts, they cancel the transaction.
 //
 // The error is non-nil when treetx itself failed, or when a rollback lost the
 // content of files written in place (*LostContentError); the RunResult is
@@ -99,13 +105,18 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	status, startErr, err := command.Run(argv, command.Options{
 		Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr,
 		ExtraFiles: []*os.File{lockFile}, Signals: sigs,
+		Received: func(s os.Signal) {
+			if rr.Signal == 0 {
+				rr.Signal, _ = s.(syscall.Signal)
+			}
+		},
 	})
 	rr.Status, rr.StartErr = status, startErr
 	if err != nil {
 		_, rbErr := tx.Rollback()
 		return rr, errors.Join(err, rbErr)
 	}
-	if status == 0 && startErr == nil {
+	if status == 0 && startErr == nil && rr.Signal == 0 {
 		rr.Result, err = tx.Commit()
 		rr.Committed = err == nil
 		return rr, err

@@ -38,6 +38,11 @@ type Options struct {
 	// signal.Notify: each signal received on it while the program runs is
 	// sent to the program.
 	Signals <-chan os.Signal
+	// Received, if set, is called with each signal taken from Signals while
+	// the program ran: those sent on to it, and those still waiting on the
+	// channel when it exited (it could not be sent them). It is called one
+	// call at a time, and never after Run returns.
+	Received func(os.Signal)
 }
 
 // Check reports whether argv0 can be started: if not, it returns the status
@@ -88,21 +93,45 @@ func Run(argv []string, opts Options) (status int, startErr, err error) {
 		}
 		return StatusNotExecutable, err, nil
 	}
-	done := make(chan struct{})
+	received := func(s os.Signal) {
+		if opts.Received != nil {
+			opts.Received(s)
+		}
+	}
+	done, forwarding := make(chan struct{}), make(chan struct{})
 	if opts.Signals != nil {
 		go func() {
+			defer close(forwarding)
 			for {
 				select {
 				case s := <-opts.Signals:
 					cmd.Process.Signal(s)
+					received(s)
 				case <-done:
 					return
 				}
 			}
 		}()
+	} else {
+		close(forwarding)
 	}
 	werr := cmd.Wait()
 	close(done)
+	<-forwarding
+	if opts.Signals != nil && opts.Received != nil {
+		// A signal sent to the process group (Ctrl-C) reaches the
+		// program and this process at once; the program may have exited
+		// on it before os/signal passed it on to opts.Signals.
+		flushSignals()
+	}
+	for pending := true; pending && opts.Signals != nil; {
+		select {
+		case s := <-opts.Signals:
+			received(s)
+		default:
+			pending = false
+		}
+	}
 	ps := cmd.ProcessState
 	if ps == nil {
 		return 0, nil, fmt.Errorf("wait for %s: %w", argv[0], werr)
