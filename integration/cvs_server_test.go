@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -88,7 +89,7 @@ func (c *cvsClient) run(t *testing.T) (string, int) {
 // one transaction on the repository it is configured for.
 func TestCVSServerWrapper(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	server := cvsScript(t, "cvs-server-atomic")
 
 	t.Run("not configured", func(t *testing.T) {
@@ -298,8 +299,8 @@ func inetd(t *testing.T, env []string, argv ...string) (port int, stderr string)
 // commit leaves the repository as it was.
 func TestCVSPserverWrapper(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
-	requireRoot(t)
+	testenv.Require(t, testenv.CVS)
+	testenv.Require(t, testenv.Root)
 	server := cvsScript(t, "cvs-server-atomic")
 	for _, tt := range []struct {
 		name string

@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -74,7 +75,7 @@ var cvsTemplates sync.Map // shape name -> *cvsTemplate
 // in the last, in every module.
 func cvsTemplateFor(t *testing.T, s cvsShape) *cvsTemplate {
 	t.Helper()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	v, _ := cvsTemplates.LoadOrStore(s.name, &cvsTemplate{})
 	tm := v.(*cvsTemplate)
 	tm.once.Do(func() {
@@ -421,7 +422,7 @@ func (r *cvsRepo) editAdmin(t *testing.T, name, text string) {
 // BASE (readable by all).
 func (r *cvsRepo) forNobody(t *testing.T) *syscall.Credential {
 	t.Helper()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	for d := r.base; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		fi, err := os.Stat(d)
 		if err != nil {
@@ -442,7 +443,7 @@ const nobodyID = 65534
 // it), and root is not one.
 func cvsAdminCred(t *testing.T) *syscall.Credential {
 	t.Helper()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	c := &syscall.Credential{Uid: 0, Gid: 0}
 	if g, err := user.LookupGroup("_cvsadmin"); err == nil {
 		gid, err := strconv.Atoi(g.Gid)

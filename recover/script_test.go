@@ -41,6 +41,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	"github.com/treetx/treetx/lock"
 	txrecover "github.com/treetx/treetx/recover"
@@ -67,6 +68,9 @@ func TestMain(m *testing.M) {
 		os.Exit(victim())
 	case "exchange":
 		os.Exit(exchange(os.Args[1:]))
+	}
+	if os.Getenv("TREETX_TEST_GC_CHILD") == "" { // not recover_test.go's child
+		testenv.Announce(testenv.RecoveryScript)
 	}
 	os.Exit(m.Run())
 }
@@ -498,23 +502,16 @@ type harness struct {
 	bin    string // the wrappers' directory
 }
 
-var scriptTools = []string{"sh", "flock", "awk", "sed", "grep", "mv", "rm", "stat", "sync", "touch", "chmod", "chown", "realpath", "od", "tr", "wc", "id", "date", "uname"}
-
 // newHarness checks the tools the script needs (a missing one fails the
 // test under CI=true, else skips it) and writes the wrappers.
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	testenv.Require(t, testenv.RecoveryScript)
 	real := map[string]string{}
-	for _, tool := range append(slices.Clone(scriptTools), "getfattr", "setfattr") {
+	for _, tool := range append(slices.Clone(testenv.RecoveryScript.Tools), "getfattr", "setfattr") {
 		p, err := exec.LookPath(tool)
 		if err != nil {
-			if tool == "getfattr" || tool == "setfattr" {
-				continue // optional: the script says it cannot restore xattrs
-			}
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("the recovery script needs %s: %v", tool, err)
-			}
-			t.Skipf("the recovery script needs %s: %v", tool, err)
+			continue // getfattr and setfattr are optional: the script says it cannot restore xattrs
 		}
 		real[tool] = p
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	txrecover "github.com/treetx/treetx/recover"
 	"github.com/treetx/treetx/txn"
@@ -39,6 +40,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envChild) != "" {
 		os.Exit(crashChild())
 	}
+	testenv.Announce(testenv.Root)
 	os.Exit(m.Run())
 }
 
