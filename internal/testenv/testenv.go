@@ -92,11 +92,11 @@ func Sample(n int, must func(i int) bool, extra int, rng *rand.Rand) []int {
 	return out
 }
 
-// Counted describes how many of total points were checked, for a test's
-// summary line: "N of TOTAL" and, when that is a sample, how to check all.
+// Counted says how many of total points were checked, for a test's summary
+// line: "N of TOTAL checked" and, when that is a sample, how to check all.
 func Counted(checked, total int) string {
 	if checked >= total {
-		return fmt.Sprintf("%d of %d", checked, total)
+		return fmt.Sprintf("%d of %d checked", checked, total)
 	}
-	return fmt.Sprintf("%d of %d (a sample; %s=1 checks all)", checked, total, ExhaustiveEnv)
+	return fmt.Sprintf("%d of %d checked (a sample: %s=1 checks all)", checked, total, ExhaustiveEnv)
 }
