@@ -778,6 +778,56 @@ func children(t *testing.T, pid int) []int {
 	return pids
 }
 
+// exitWatch is a set of processes (their pidfds) whose exit a test waits
+// for: a pid reused by another process after them is not mistaken for one
+// of theirs.
+type exitWatch []int
+
+// watchExits opens pidfds of pids while they are still someone's children;
+// a pid already gone has exited.
+func watchExits(t *testing.T, pids []int) exitWatch {
+	t.Helper()
+	var w exitWatch
+	for _, pid := range pids {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("pidfd_open %d: %v", pid, err)
+		}
+		w = append(w, fd)
+	}
+	t.Cleanup(func() {
+		for _, fd := range w {
+			unix.Close(fd)
+		}
+	})
+	return w
+}
+
+// wait waits until every process of w has exited (a zombie has). It fails
+// the test after limit, which only a hang reaches.
+func (w exitWatch) wait(t *testing.T, what string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for _, fd := range w {
+		for {
+			ms := time.Until(deadline).Milliseconds()
+			if ms <= 0 {
+				t.Fatalf("%s did not exit within %v", what, limit)
+			}
+			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(min(ms, 1000)))
+			if err != nil && err != unix.EINTR {
+				t.Fatalf("poll pidfd: %v", err)
+			}
+			if n > 0 {
+				break
+			}
+		}
+	}
+}
+
 // bigText is n bytes of text that compresses badly, the same for the same
 // seed: lines of 64 hex digits.
 func bigText(seed string, n int) string {

@@ -348,8 +348,10 @@ var gateName = regexp.MustCompile(`^\.#treetx\..+\.gate$`)
 // removalName matches the name of a tree treetx named for removal.
 var removalName = regexp.MustCompile(`^\.#treetx\..+\.removing\.[0-9a-f]{16}$`)
 
-// awaitCleanup waits (up to 10 s) for the trees named for removal in dir to
-// be gone: treetx run leaves their deletion to a detached process.
+// awaitCleanup waits for the trees named for removal in dir to be gone:
+// treetx run leaves their deletion to a detached process. It gives up
+// after a minute, which only a cleaner that failed or never ran reaches
+// (the caller's check then reports the leftover).
 func awaitCleanup(t *testing.T, dir string) {
 	t.Helper()
 	pending := func() bool {
@@ -360,7 +362,7 @@ func awaitCleanup(t *testing.T, dir string) {
 		}
 		return false
 	}
-	for deadline := time.Now().Add(10 * time.Second); pending() && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(time.Minute); pending() && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
