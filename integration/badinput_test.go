@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -76,7 +77,7 @@ func TestBadDirRefused(t *testing.T) {
 			return setup{dir: filepath.Join(mnt, "tree"), parent: mnt}
 		}, []string{"tree", "read-only"}},
 		{"parent not writable", func(t *testing.T, tmp string) setup {
-			requireRoot(t)
+			testenv.Require(t, testenv.Root)
 			// nobody must reach DIR: open up the temporary directories.
 			for _, d := range []string{filepath.Dir(tmp), tmp} {
 				if err := os.Chmod(d, 0o755); err != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -86,7 +87,7 @@ chmod 4755 "$T/shared/data.bin"
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			if tt.root {
-				requireRoot(t)
+				testenv.Require(t, testenv.Root)
 			}
 			_, want := newSample(t)
 			sh(t, env(want, t.TempDir()), "set -e\n"+tt.script)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -119,7 +120,7 @@ func TestCVSDropInDecides(t *testing.T) {
 // cvs and treetx.
 func TestCVSDropIn(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 
 	t.Run("a failing rtag leaves the repository unchanged", func(t *testing.T) {
 		t.Parallel()

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/treetx/treetx/internal/testenv"
 )
 
 // counterDirs are the directories of module ctr; each holds a file
@@ -30,7 +32,7 @@ var counterDirs = []string{".", "a", "a/b", "c", "c/d", "c/d/e", "f"}
 // read began: never a failed commit, a half commit, or a tree mid-swap.
 func TestCVSReadersSeeWholeCommits(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	duration := 10 * time.Second
 	if testing.Short() {
 		duration = 4 * time.Second
@@ -87,7 +89,7 @@ func TestCVSReadersSeeWholeCommits(t *testing.T) {
 	// Reader 0 checks out with cvs; reader 1 reads the counters' ,v files
 	// with RCS's co -p, which takes no CVS lock. (Two cvs checkouts at
 	// once may meet at a CVS lock, and the one that waits sleeps 30s.)
-	requireTool(t, "co")
+	testenv.Require(t, testenv.RCS)
 	checkout := r.doc(t, "treetx lock --shared /srv/cvsroot -- cvs -d /srv/cvsroot checkout -d snapshot ctr", base)
 	coArgs := []string{"sh", "-c", `i=0; for f; do i=$((i+1)); co -q -p "$f" > "snapshot/$i" || exit 1; done`, "sh"}
 	for _, d := range counterDirs {

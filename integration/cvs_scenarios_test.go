@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -42,8 +43,8 @@ type cvsFailure struct {
 // for byte as before, and CVS's own tools find it whole).
 func TestCVSPartialFailures(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
-	requireRoot(t)
+	testenv.Require(t, testenv.CVS)
+	testenv.Require(t, testenv.Root)
 	for _, tt := range cvsFailures() {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -272,7 +273,7 @@ func countHeads(t *testing.T, r *cvsRepo, files []string) string {
 // for byte as before, and a fresh checkout holds what it held.
 func TestCVSKilledMidOperation(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	ops := []struct {
 		name string
 		// prepare changes the working copy; args are cvs's.
@@ -410,7 +411,7 @@ func TestCVSKilledMidOperation(t *testing.T) {
 // the time of each CVSROOT/history line), and the same entries touched.
 func TestCVSWrappedEqualsUnwrapped(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	readme := func(line string) func(t *testing.T, r *cvsRepo, dir string) docCmd {
 		return func(t *testing.T, r *cvsRepo, dir string) docCmd { return r.doc(t, line, dir) }
 	}
@@ -527,7 +528,7 @@ func TestCVSWrappedEqualsUnwrapped(t *testing.T) {
 // the copies are what makes it work.
 func TestCVSFileattrInPlace(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	r := newCVSRepo(t, cvsSmall)
 	r.cvs(t, "-Q", "-d", r.root, "watch", "on", "m1")
 	if !exists(r.path("m1/d1/CVS/fileattr")) {
@@ -564,8 +565,8 @@ func TestCVSFileattrInPlace(t *testing.T) {
 // which are the developer's now.
 func TestCVSSharedGroupRepository(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
-	requireRoot(t)
+	testenv.Require(t, testenv.CVS)
+	testenv.Require(t, testenv.Root)
 	const devGroup = 64998 // numeric: the kernel needs no /etc/group entry
 	const line = `treetx run --allow-owner-change /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix" m1 m2 m3`
 	for _, tt := range []struct {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -83,12 +84,20 @@ func (c *cvsClient) run(t *testing.T) (string, int) {
 	return c.output(t), 0
 }
 
+// awaitTransaction waits until the transaction on root is over (its lock is
+// free): a cvs client may exit before the server it started, which then
+// still commits or rolls back, in the directory the test removes at its end.
+func awaitTransaction(t *testing.T, root string) {
+	t.Helper()
+	wantCode(t, treetx(t, nil, "lock", "--lock-timeout", "20s", root, "--", "true"), 0)
+}
+
 // TestCVSServerWrapper: scripts/cvs-server-atomic as CVS_SERVER of a
 // :fork: client (what ssh runs for :ext:) makes the whole client session
 // one transaction on the repository it is configured for.
 func TestCVSServerWrapper(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	server := cvsScript(t, "cvs-server-atomic")
 
 	t.Run("not configured", func(t *testing.T) {
@@ -158,6 +167,7 @@ func TestCVSServerWrapper(t *testing.T) {
 			if !exists(filepath.Join(r.parent, lockName("tree"))) {
 				t.Errorf("the commit did not go through treetx: no lock file beside the repository")
 			}
+			awaitTransaction(t, r.root)
 			noLeftovers(t, r.parent, "tree")
 			r.check(t, r.files)
 		})
@@ -174,6 +184,7 @@ func TestCVSServerWrapper(t *testing.T) {
 			t.Errorf("a client naming another repository exited 0:\n%s", out)
 		}
 		contains(t, "the client's output", out, "Bad root "+other.root)
+		awaitTransaction(t, r.root)
 		treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
 		treeimage.AssertEqual(t, "the other before", beforeOther, "after", capture(t, other.root))
 		// An --allow-root for another repository (an inetd line for
@@ -217,24 +228,21 @@ func TestCVSServerWrapper(t *testing.T) {
 				t.Fatal(err)
 			}
 			w.await(t, 100, func() bool { return processGone(client.Process.Pid) })
-			serverPIDs := children(t, client.Process.Pid)
+			// The server: the client's child, which runs cvs, or the
+			// wrapper, which becomes treetx (exec).
+			server := watchExits(t, children(t, client.Process.Pid))
 			client.Process.Kill()
 			client.Wait()
 			if !wrapped {
-				waitFor(t, "the server to exit", 20*time.Second, func() bool {
-					for _, pid := range serverPIDs {
-						if !processGone(pid) {
-							return false
-						}
-					}
-					return true
-				})
+				server.wait(t, "the server", time.Minute)
 				t.Logf("client killed without treetx: %s", countHeads(t, r, slices.Collect(maps.Keys(want))))
 				return
 			}
-			// The transaction is over when its lock is free.
-			res := treetx(t, nil, "lock", "--lock-timeout", "20s", r.root, "--", "true")
-			wantCode(t, res, 0)
+			// The transaction is over when its lock is free; what treetx
+			// says of it is all written when treetx has exited (it
+			// reports after it unlocks).
+			awaitTransaction(t, r.root)
+			server.wait(t, "treetx (the server)", time.Minute)
 			contains(t, "the client's stderr, which the server shares", c.output(t), "treetx: command exited with status 1: rolled back")
 			treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
 			noLeftovers(t, r.parent, "tree")
@@ -248,7 +256,8 @@ func TestCVSServerWrapper(t *testing.T) {
 // (its own argv[0] first), the connection as its standard input and output,
 // its standard error to the returned file, with env as its environment:
 // what inetd does with the line "cvspserver stream tcp nowait root ARGV".
-func inetd(t *testing.T, env []string, argv ...string) (port int, stderr string) {
+// sessionsDone waits (up to limit) for the sessions started so far to exit.
+func inetd(t *testing.T, env []string, argv ...string) (port int, stderr string, sessionsDone func(limit time.Duration)) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -260,6 +269,8 @@ func inetd(t *testing.T, env []string, argv ...string) (port int, stderr string)
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var sessions []chan struct{} // closed when the session has exited
 	t.Cleanup(func() {
 		l.Close()
 		wg.Wait()
@@ -284,12 +295,30 @@ func inetd(t *testing.T, env []string, argv ...string) (port int, stderr string)
 			err = cmd.Start()
 			f.Close()
 			if err == nil {
+				done := make(chan struct{})
+				mu.Lock()
+				sessions = append(sessions, done)
+				mu.Unlock()
 				wg.Add(1)
-				go func() { defer wg.Done(); cmd.Wait() }()
+				go func() { defer wg.Done(); cmd.Wait(); close(done) }()
 			}
 		}
 	}()
-	return l.Addr().(*net.TCPAddr).Port, stderr
+	sessionsDone = func(limit time.Duration) {
+		t.Helper()
+		mu.Lock()
+		started := slices.Clone(sessions)
+		mu.Unlock()
+		timeout := time.After(limit)
+		for _, done := range started {
+			select {
+			case <-done:
+			case <-timeout:
+				t.Fatalf("a session did not exit within %v", limit)
+			}
+		}
+	}
+	return l.Addr().(*net.TCPAddr).Port, stderr, sessionsDone
 }
 
 // TestCVSPserverWrapper: scripts/cvs-server-atomic started by inetd as
@@ -298,8 +327,8 @@ func inetd(t *testing.T, env []string, argv ...string) (port int, stderr string)
 // commit leaves the repository as it was.
 func TestCVSPserverWrapper(t *testing.T) {
 	t.Parallel()
-	requireTool(t, "cvs")
-	requireRoot(t)
+	testenv.Require(t, testenv.CVS)
+	testenv.Require(t, testenv.Root)
 	server := cvsScript(t, "cvs-server-atomic")
 	for _, tt := range []struct {
 		name string
@@ -315,7 +344,7 @@ func TestCVSPserverWrapper(t *testing.T) {
 			// The repository in a file standing for /etc/treetx/cvsroot.
 			writeFiles(t, r.base, map[string]string{"cvsroot": r.root + "\n"})
 			argv := readmeInetd(t, "cvspserver stream tcp nowait root /usr/local/bin/cvs-server-atomic cvs-server-atomic --allow-root=/srv/cvsroot pserver", "/srv/cvsroot", r.root, "/usr/local/bin/cvs-server-atomic", server)
-			port, serverErr := inetd(t, withTreetxInPath([]string{"TREETX_CVS_CONF=" + filepath.Join(r.base, "cvsroot")}), argv...)
+			port, serverErr, sessionsDone := inetd(t, withTreetxInPath([]string{"TREETX_CVS_CONF=" + filepath.Join(r.base, "cvsroot")}), argv...)
 			cvsroot := fmt.Sprintf(":pserver:anon@127.0.0.1:%d%s", port, r.root)
 			// What cvs login writes for the empty password.
 			writeFiles(t, r.base, map[string]string{"cvspass": "/1 " + cvsroot + " A\n"})
@@ -349,8 +378,11 @@ func TestCVSPserverWrapper(t *testing.T) {
 				b, _ := os.ReadFile(out.Name())
 				t.Fatalf("the client: %v\n%s", err, b)
 			}
-			// The transaction is over when its lock is free.
-			wantCode(t, treetx(t, nil, "lock", "--lock-timeout", "20s", r.root, "--", "true"), 0)
+			// The transaction is over when its lock is free; what treetx
+			// says of it is all written when the session (treetx, which
+			// the wrapper became) has exited: it reports after it unlocks.
+			awaitTransaction(t, r.root)
+			sessionsDone(time.Minute)
 			b, _ := os.ReadFile(serverErr)
 			if tt.kill {
 				contains(t, "the server's stderr", string(b), "rolled back")

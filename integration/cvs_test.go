@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -15,10 +16,10 @@ import (
 // history, and returns both paths.
 func newCVSRoot(t *testing.T) (parent, root string) {
 	t.Helper()
-	cvs := requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	parent = t.TempDir()
 	root = filepath.Join(parent, "tree")
-	if out, err := exec.Command(cvs, "-d", root, "init").CombinedOutput(); err != nil {
+	if out, err := exec.Command("cvs", "-d", root, "init").CombinedOutput(); err != nil {
 		t.Fatalf("cvs init: %v\n%s", err, out)
 	}
 	sh(t, []string{"T=" + root}, `printf 'O6b000000|someone|~/x|mod||mod\n' >> "$T/CVSROOT/history"

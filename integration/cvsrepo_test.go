@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -74,7 +75,7 @@ var cvsTemplates sync.Map // shape name -> *cvsTemplate
 // in the last, in every module.
 func cvsTemplateFor(t *testing.T, s cvsShape) *cvsTemplate {
 	t.Helper()
-	requireTool(t, "cvs")
+	testenv.Require(t, testenv.CVS)
 	v, _ := cvsTemplates.LoadOrStore(s.name, &cvsTemplate{})
 	tm := v.(*cvsTemplate)
 	tm.once.Do(func() {
@@ -421,7 +422,7 @@ func (r *cvsRepo) editAdmin(t *testing.T, name, text string) {
 // BASE (readable by all).
 func (r *cvsRepo) forNobody(t *testing.T) *syscall.Credential {
 	t.Helper()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	for d := r.base; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		fi, err := os.Stat(d)
 		if err != nil {
@@ -442,7 +443,7 @@ const nobodyID = 65534
 // it), and root is not one.
 func cvsAdminCred(t *testing.T) *syscall.Credential {
 	t.Helper()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	c := &syscall.Credential{Uid: 0, Gid: 0}
 	if g, err := user.LookupGroup("_cvsadmin"); err == nil {
 		gid, err := strconv.Atoi(g.Gid)
@@ -775,6 +776,56 @@ func children(t *testing.T, pid int) []int {
 		}
 	}
 	return pids
+}
+
+// exitWatch is a set of processes (their pidfds) whose exit a test waits
+// for: a pid reused by another process after them is not mistaken for one
+// of theirs.
+type exitWatch []int
+
+// watchExits opens pidfds of pids while they are still someone's children;
+// a pid already gone has exited.
+func watchExits(t *testing.T, pids []int) exitWatch {
+	t.Helper()
+	var w exitWatch
+	for _, pid := range pids {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("pidfd_open %d: %v", pid, err)
+		}
+		w = append(w, fd)
+	}
+	t.Cleanup(func() {
+		for _, fd := range w {
+			unix.Close(fd)
+		}
+	})
+	return w
+}
+
+// wait waits until every process of w has exited (a zombie has). It fails
+// the test after limit, which only a hang reaches.
+func (w exitWatch) wait(t *testing.T, what string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for _, fd := range w {
+		for {
+			ms := time.Until(deadline).Milliseconds()
+			if ms <= 0 {
+				t.Fatalf("%s did not exit within %v", what, limit)
+			}
+			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(min(ms, 1000)))
+			if err != nil && err != unix.EINTR {
+				t.Fatalf("poll pidfd: %v", err)
+			}
+			if n > 0 {
+				break
+			}
+		}
+	}
 }
 
 // bigText is n bytes of text that compresses badly, the same for the same

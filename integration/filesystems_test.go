@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -20,8 +21,8 @@ import (
 // unmounted in t.Cleanup.
 func fsImage(t *testing.T, fstype string, mib int) string {
 	t.Helper()
-	requireRoot(t)
-	mkfs := requireTool(t, "mkfs."+fstype)
+	testenv.Require(t, map[string]testenv.Group{"ext4": testenv.Ext4, "xfs": testenv.XFS, "btrfs": testenv.Btrfs}[fstype])
+	mkfs := "mkfs." + fstype
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "image"), filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {

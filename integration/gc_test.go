@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -185,8 +186,7 @@ func TestSystemdUnitsAndCrontab(t *testing.T) {
 		t.Errorf("the crontab has no entry")
 	}
 
-	analyze := requireTool(t, "systemd-analyze")
-	escape := requireTool(t, "systemd-escape")
+	testenv.Require(t, testenv.Systemd)
 	var system string
 	for _, d := range []string{"/usr/lib/systemd/system", "/lib/systemd/system"} {
 		if _, err := os.Stat(filepath.Join(d, "sysinit.target")); err == nil {
@@ -195,7 +195,7 @@ func TestSystemdUnitsAndCrontab(t *testing.T) {
 		}
 	}
 	if system == "" {
-		missing(t, "no systemd units (sysinit.target) installed")
+		testenv.Unavailable(t, "no systemd units (sysinit.target) installed")
 	}
 	root := t.TempDir()
 	etc := filepath.Join(root, "etc", "systemd", "system")
@@ -209,7 +209,7 @@ cp -a "$SYSTEM" "$ROOT/usr/lib/systemd/system"
 cp "$BIN" "$ROOT/usr/local/bin/treetx"
 mkdir "$ROOT/bin" && cp -L /bin/sh "$ROOT/bin/sh"
 cp "$MOD"/scripts/systemd/* "$ETC/"`)
-	out, err := exec.Command(escape, "--path", "--template", "treetx-recover@.service", "/srv/cvsroot").Output()
+	out, err := exec.Command("systemd-escape", "--path", "--template", "treetx-recover@.service", "/srv/cvsroot").Output()
 	if err != nil {
 		t.Fatalf("systemd-escape: %v", err)
 	}
@@ -221,7 +221,7 @@ cp "$MOD"/scripts/systemd/* "$ETC/"`)
 		unit + ".d/before.conf": "[Unit]\nBefore=cvspserver.service\n",
 		"cvspserver.service":    "[Unit]\nDescription=CVS\nRequires=" + unit + "\nAfter=" + unit + "\n[Service]\nExecStart=/usr/local/bin/treetx lock --shared /srv/cvsroot -- /usr/local/bin/treetx status /srv/cvsroot\n",
 	})
-	cmd := exec.Command(analyze, "verify", "--man=no", "--root="+root, unit, "treetx-gc.service", "treetx-gc.timer", "cvspserver.service")
+	cmd := exec.Command("systemd-analyze", "verify", "--man=no", "--root="+root, unit, "treetx-gc.service", "treetx-gc.timer", "cvspserver.service")
 	got, err := cmd.CombinedOutput()
 	if err != nil || len(got) != 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, got)

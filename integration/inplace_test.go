@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -110,7 +111,7 @@ func TestInPlaceWriteCopyProtects(t *testing.T) {
 // linked files, and say the same.
 func TestWatchAndFullCheckAgree(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	const s = `echo x >> "$T/file"; chmod 4700 "$T/keep.txt"; chown 65534 "$T/sub/g"; exit 1`
 	for _, flags := range [][]string{nil, {"--full-check"}} {
 		_, tree := newTree(t, inPlaceFiles)

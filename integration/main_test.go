@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -37,6 +38,7 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) (int, error) {
+	testenv.Announce(testenv.Root, testenv.CVS, testenv.RCS, testenv.Ext4, testenv.XFS, testenv.Btrfs, testenv.Shellcheck, testenv.Systemd)
 	dir, err := os.MkdirTemp("", "treetx-integration-")
 	if err != nil {
 		return 0, err
@@ -364,8 +366,10 @@ var gateName = regexp.MustCompile(`^\.#treetx\..+\.gate$`)
 // removalName matches the name of a tree treetx named for removal.
 var removalName = regexp.MustCompile(`^\.#treetx\..+\.removing\.[0-9a-f]{16}$`)
 
-// awaitCleanup waits (up to 10 s) for the trees named for removal in dir to
-// be gone: treetx run leaves their deletion to a detached process.
+// awaitCleanup waits for the trees named for removal in dir to be gone:
+// treetx run leaves their deletion to a detached process. It gives up
+// after a minute, which only a cleaner that failed or never ran reaches
+// (the caller's check then reports the leftover).
 func awaitCleanup(t *testing.T, dir string) {
 	t.Helper()
 	pending := func() bool {
@@ -376,7 +380,7 @@ func awaitCleanup(t *testing.T, dir string) {
 		}
 		return false
 	}
-	for deadline := time.Now().Add(10 * time.Second); pending() && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(time.Minute); pending() && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
@@ -446,32 +450,6 @@ func readPID(t *testing.T, path string) int {
 
 // ---- environment ----
 
-// missing skips the test, or fails it under CI=true, where every tool must
-// be there.
-func missing(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		missing(t, "%s not found: %v", name, err)
-	}
-	return p
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		missing(t, "needs root (euid %d)", os.Geteuid())
-	}
-}
-
 // mountTmpfs mounts a tmpfs on dir and unmounts it in t.Cleanup.
 func mountTmpfs(t *testing.T, dir string) {
 	t.Helper()
@@ -481,11 +459,9 @@ func mountTmpfs(t *testing.T, dir string) {
 // mount runs mount with args, and unmounts dir in t.Cleanup.
 func mount(t *testing.T, dir string, args ...string) {
 	t.Helper()
-	requireRoot(t)
-	requireTool(t, "mount")
-	requireTool(t, "umount")
+	testenv.Require(t, testenv.Mount)
 	if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
-		missing(t, "mount %q: %v: %s", args, err, out)
+		testenv.Unavailable(t, "mount %q: %v: %s", args, err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {

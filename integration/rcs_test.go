@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -26,10 +27,7 @@ type rcsTree struct {
 // newRCSTree checks in (ci -i -u) every file of a new tree, as root.
 func newRCSTree(t *testing.T) *rcsTree {
 	t.Helper()
-	requireTool(t, "ci")
-	requireTool(t, "co")
-	requireTool(t, "rcs")
-	requireTool(t, "rlog")
+	testenv.Require(t, testenv.RCS)
 	parent := t.TempDir()
 	r := &rcsTree{parent: parent, tree: filepath.Join(parent, "tree")}
 	files := map[string]string{}
@@ -211,7 +209,7 @@ func TestRCSWrappedEqualsUnwrapped(t *testing.T) {
 // ,v files, their locks and the working files) is as before.
 func TestRCSFailureRollsBack(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	prepare := func(t *testing.T) (*rcsTree, *syscall.Credential) {
 		r := newRCSTree(t)
 		for _, d := range []string{r.parent, filepath.Dir(r.parent)} {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -62,7 +63,7 @@ func TestRollbackRestoresTreeByteForByte(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			if tt.root {
-				requireRoot(t)
+				testenv.Require(t, testenv.Root)
 			}
 			parent, tree := newSample(t)
 			before := capture(t, tree)

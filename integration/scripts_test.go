@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/treetx/treetx/internal/testenv"
 )
 
 // TestShellScriptsLint runs shellcheck over the shipped shell scripts, as
@@ -11,7 +13,7 @@ import (
 // under whatever sh the system has.
 func TestShellScriptsLint(t *testing.T) {
 	t.Parallel()
-	shellcheck := requireTool(t, "shellcheck")
+	testenv.Require(t, testenv.Shellcheck)
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +26,7 @@ func TestShellScriptsLint(t *testing.T) {
 	if len(scripts) < 6 {
 		t.Fatalf("found only %v", scripts)
 	}
-	out, err := exec.Command(shellcheck, append([]string{"-s", "sh", "-S", "warning"}, scripts...)...).CombinedOutput()
+	out, err := exec.Command("shellcheck", append([]string{"-s", "sh", "-S", "warning"}, scripts...)...).CombinedOutput()
 	if err != nil {
 		t.Errorf("shellcheck: %v\n%s", err, out)
 	}

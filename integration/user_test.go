@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -15,7 +16,7 @@ import (
 // from dropping the shadow or the failed tree.
 func TestRunAsOrdinaryUser(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	tests := []struct {
 		name   string
 		script string
@@ -73,7 +74,7 @@ func TestRunAsOrdinaryUser(t *testing.T) {
 // left out.
 func TestLockFileMadeByRoot(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	tmp := t.TempDir()
 	for _, d := range []string{filepath.Dir(tmp), tmp} {
 		if err := os.Chmod(d, 0o755); err != nil {
@@ -109,7 +110,7 @@ func TestLockFileMadeByRoot(t *testing.T) {
 // changed) unless --allow-owner-change says the owner may change.
 func TestForeignOwnerIsRefused(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	tmp := t.TempDir()
 	for _, d := range []string{filepath.Dir(tmp), tmp} {
 		if err := os.Chmod(d, 0o755); err != nil {

@@ -16,8 +16,13 @@ package recover_test
 // that the attr tools are missing.
 //
 // The trees live on a tmpfs (/dev/shm) when there is one, where syncs cost
-// nothing; one run of the agreement test is on the disk. The whole file
-// takes about a minute on 2 cores.
+// nothing; one run of the agreement test is on the disk.
+//
+// The script takes a second or so on a crash state, so a default run checks
+// a sample of each matrix: one crash point of each distinct crash state
+// (uniqueStates) and a few more drawn with a seed the tests log; one kill of
+// the script, or of recover.Recover, on each of those states. With
+// TREETX_EXHAUSTIVE=1 they check every point (over ten minutes on 2 cores).
 
 import (
 	"bytes"
@@ -41,6 +46,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	"github.com/treetx/treetx/lock"
 	txrecover "github.com/treetx/treetx/recover"
@@ -67,6 +73,9 @@ func TestMain(m *testing.M) {
 		os.Exit(victim())
 	case "exchange":
 		os.Exit(exchange(os.Args[1:]))
+	}
+	if os.Getenv("TREETX_TEST_GC_CHILD") == "" { // not recover_test.go's child
+		testenv.Announce(testenv.RecoveryScript)
 	}
 	os.Exit(m.Run())
 }
@@ -498,23 +507,16 @@ type harness struct {
 	bin    string // the wrappers' directory
 }
 
-var scriptTools = []string{"sh", "flock", "awk", "sed", "grep", "mv", "rm", "stat", "sync", "touch", "chmod", "chown", "realpath", "od", "tr", "wc", "id", "date", "uname"}
-
 // newHarness checks the tools the script needs (a missing one fails the
 // test under CI=true, else skips it) and writes the wrappers.
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	testenv.Require(t, testenv.RecoveryScript)
 	real := map[string]string{}
-	for _, tool := range append(slices.Clone(scriptTools), "getfattr", "setfattr") {
+	for _, tool := range append(slices.Clone(testenv.RecoveryScript.Tools), "getfattr", "setfattr") {
 		p, err := exec.LookPath(tool)
 		if err != nil {
-			if tool == "getfattr" || tool == "setfattr" {
-				continue // optional: the script says it cannot restore xattrs
-			}
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("the recovery script needs %s: %v", tool, err)
-			}
-			t.Skipf("the recovery script needs %s: %v", tool, err)
+			continue // getfattr and setfattr are optional: the script says it cannot restore xattrs
 		}
 		real[tool] = p
 	}
@@ -822,14 +824,18 @@ func haveXattrTools() bool {
 // Steps inside the shadow being built, or a tree being deleted, are sampled
 // (every 5th: their crash states are alike); the "inplace" and "xattr"
 // paths and the run with `mv --exchange` take the protocol's steps only.
+// A default run takes one step of each distinct crash state and one more
+// (three on the disk, where it takes no state for sure); TREETX_EXHAUSTIVE=1
+// every step.
 func TestScriptAgreesWithGo(t *testing.T) {
 	h := newHarness(t)
 	xattrTools := haveXattrTools()
-	var total, violations atomic.Int64
+	seed := testenv.Seed(t)
+	var total, all, violations atomic.Int64
 	t.Cleanup(func() {
-		t.Logf("script agreement: %d crash points checked, %d violations", total.Load(), violations.Load())
+		t.Logf("script agreement: crash points: %s, %d violations", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
 	})
-	for _, variant := range []struct {
+	for vi, variant := range []struct {
 		path     string
 		exchange bool
 		every    bool // every step, not the protocol's only
@@ -855,6 +861,7 @@ func TestScriptAgreesWithGo(t *testing.T) {
 			old, new := images(t, path)
 			wantX := xattrsOf(t, newSample(t, path))
 			pl := dryRun(t, path)
+			var points []fsystest.Op
 			for _, op := range pl.ops {
 				n := op.Step
 				if insideTree(op) && (!variant.every || n%5 != 0) {
@@ -863,6 +870,23 @@ func TestScriptAgreesWithGo(t *testing.T) {
 				if !variant.every && n <= pl.begun {
 					continue // Begin is the rollback path's: checked there
 				}
+				points = append(points, op)
+			}
+			first := map[int]bool{} // the first step of each distinct state
+			if !variant.disk {
+				for _, cp := range uniqueStates(t, path, pl) {
+					first[cp.op.Step] = true
+				}
+			}
+			extra := 1
+			if variant.disk {
+				extra = 3
+			}
+			rng := rand.New(rand.NewPCG(seed, uint64(vi)))
+			all.Add(int64(len(points)))
+			for _, i := range testenv.Sample(len(points), func(i int) bool { return first[points[i].Step] }, extra, rng) {
+				op := points[i]
+				n := op.Step
 				dirGo := newSampleIn(t, path, scratch(t, variant.disk))
 				dirSh := newSampleIn(t, path, scratch(t, variant.disk))
 				if !runVictim(t, "txn", dirGo, path, n) || !runVictim(t, "txn", dirSh, path, n) {
@@ -947,16 +971,20 @@ func (o outcome) ok() bool {
 // TestScriptCrashThenGo kills the script right after each of its own steps
 // (but a sync, which leaves the state of the step before), on each distinct
 // crash state, and lets recover.Recover finish. On the
-// rollback path, the script also runs with an `mv --exchange`.
+// rollback path, the script also runs with an `mv --exchange`. A default
+// run kills it after one of its steps, drawn with the seed, on each state;
+// TREETX_EXHAUSTIVE=1 after each.
 func TestScriptCrashThenGo(t *testing.T) {
 	h := newHarness(t)
-	var total, violations atomic.Int64
+	seed := testenv.Seed(t)
+	var total, all, violations atomic.Int64
 	t.Cleanup(func() {
-		t.Logf("script killed, Go finishing: %d points checked, %d violations", total.Load(), violations.Load())
+		t.Logf("script killed, Go finishing: points: %s, %d violations", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
 	})
-	for _, path := range []string{"commit", "rollback", "inplace"} {
+	for pi, path := range []string{"commit", "rollback", "inplace"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
+			rng := rand.New(rand.NewPCG(seed, uint64(pi)))
 			old, new := images(t, path)
 			pl := dryRun(t, path)
 			for _, cp := range uniqueStates(t, path, pl) {
@@ -974,10 +1002,15 @@ func TestScriptCrashThenGo(t *testing.T) {
 					}
 					data, _ := os.ReadFile(counter)
 					steps := strings.Fields(string(data))
+					var kills []int
 					for k := 1; k <= len(steps); k++ {
-						if steps[k-1] == "sync" {
-							continue // killed after a sync: as after the step before
+						if steps[k-1] != "sync" { // killed after a sync: as after the step before
+							kills = append(kills, k)
 						}
+					}
+					all.Add(int64(len(kills)))
+					for _, i := range testenv.Sample(len(kills), nil, 1, rng) {
+						k := kills[i]
 						dir := newSample(t, path)
 						runVictim(t, "txn", dir, path, cp.op.Step)
 						counter := filepath.Join(scratch(t, false), "steps")
@@ -1006,16 +1039,19 @@ func TestScriptCrashThenGo(t *testing.T) {
 // TestGoCrashThenScript kills recover.Recover after each of its steps (in
 // the trees it deletes, every 20th; not after a sync, which leaves the state
 // of the step before), on each distinct crash state, and lets the script
-// finish.
+// finish. A default run kills it after one of those steps, drawn with the
+// seed, on each state; TREETX_EXHAUSTIVE=1 after each.
 func TestGoCrashThenScript(t *testing.T) {
 	h := newHarness(t)
-	var total, violations atomic.Int64
+	seed := testenv.Seed(t)
+	var total, all, violations atomic.Int64
 	t.Cleanup(func() {
-		t.Logf("Go killed, script finishing: %d points checked, %d violations", total.Load(), violations.Load())
+		t.Logf("Go killed, script finishing: points: %s, %d violations", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
 	})
-	for _, path := range []string{"commit", "rollback", "inplace"} {
+	for pi, path := range []string{"commit", "rollback", "inplace"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
+			rng := rand.New(rand.NewPCG(seed, uint64(pi)))
 			old, new := images(t, path)
 			pl := dryRun(t, path)
 			for _, cp := range uniqueStates(t, path, pl) {
@@ -1029,10 +1065,16 @@ func TestGoCrashThenScript(t *testing.T) {
 						t.Fatalf("crash after step %s: recover: %v", cp.op, err)
 					}
 				}
+				var rops []fsystest.Op
 				for _, rop := range rfs.Ops() {
 					if insideTree(rop) && rop.Step%20 != 0 || rop.Kind == "fsync" || rop.Kind == "syncfs" {
 						continue // a kill after a sync leaves the state of the step before
 					}
+					rops = append(rops, rop)
+				}
+				all.Add(int64(len(rops)))
+				for _, i := range testenv.Sample(len(rops), nil, 1, rng) {
+					rop := rops[i]
 					dir := newSample(t, path)
 					runVictim(t, "txn", dir, path, cp.op.Step)
 					if !runVictim(t, "recover", dir, path, rop.Step) {
@@ -1057,15 +1099,16 @@ func TestGoCrashThenScript(t *testing.T) {
 
 // TestScriptKilledAtRandomTimes kills the script's process group with
 // SIGKILL at a random instant of its run (inside a command it waits for,
-// too), then lets recover.Recover or the script itself finish.
-// TREETX_SCRIPTTEST_SEED sets the seed.
+// too), then lets recover.Recover or the script itself finish: twice on
+// each path (eight times with TREETX_EXHAUSTIVE=1). TREETX_SCRIPTTEST_SEED
+// (or TREETX_TEST_SEED) sets the seed.
 func TestScriptKilledAtRandomTimes(t *testing.T) {
 	h := newHarness(t)
-	seed := uint64(time.Now().UnixNano())
-	if s, err := strconv.ParseUint(os.Getenv("TREETX_SCRIPTTEST_SEED"), 10, 64); err == nil {
-		seed = s
+	seed := testenv.Seed(t, "TREETX_SCRIPTTEST_SEED")
+	tries := 2
+	if testenv.Exhaustive() {
+		tries = 8
 	}
-	t.Logf("seed %d (TREETX_SCRIPTTEST_SEED)", seed)
 	for i, path := range []string{"commit", "rollback", "inplace"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
@@ -1073,7 +1116,7 @@ func TestScriptKilledAtRandomTimes(t *testing.T) {
 			old, new := images(t, path)
 			pl := dryRun(t, path)
 			states := uniqueStates(t, path, pl)
-			for try := 0; try < 4; try++ {
+			for try := range tries {
 				cp := states[rng.IntN(len(states))]
 				want, opts := pl.want(path, cp.op.Step, old, new)
 				// How long the script takes on this state.

@@ -12,8 +12,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
+
+func TestMain(m *testing.M) {
+	if os.Getenv("TREETX_TEST_REMOVE") == "" { // not a child of the tests
+		testenv.Announce(testenv.Root)
+	}
+	os.Exit(m.Run())
+}
 
 // shadowOf builds the shadow of src as parent/name with the given workers.
 func shadowOf(t *testing.T, src, parent, name string, workers int, opts Options) (*Stats, []byte) {
@@ -129,12 +137,7 @@ func TestRemoveAsOwnerOfLockedDirectories(t *testing.T) {
 		}
 		return
 	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true: needs root to run a child as another user")
-		}
-		t.Skip("needs root to run a child as another user")
-	}
+	testenv.Require(t, testenv.Root) // to run a child as another user
 	parent := t.TempDir()
 	os.Chmod(filepath.Dir(parent), 0o755) // the test's temporary root
 	os.Chmod(parent, 0o777)

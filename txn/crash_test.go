@@ -3,6 +3,7 @@ package txn_test
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	txrecover "github.com/treetx/treetx/recover"
 	"github.com/treetx/treetx/txn"
@@ -39,6 +42,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envChild) != "" {
 		os.Exit(crashChild())
 	}
+	testenv.Announce(testenv.Root)
 	os.Exit(m.Run())
 }
 
@@ -125,7 +129,13 @@ func mutate(dir string) error {
 // images returns the old and new images of the sample tree.
 func images(t *testing.T) (old, new treeimage.Image) {
 	t.Helper()
-	dir := newSample(t)
+	return imagesIn(t, t.TempDir())
+}
+
+// imagesIn is images, made in parent.
+func imagesIn(t *testing.T, parent string) (old, new treeimage.Image) {
+	t.Helper()
+	dir := newSampleIn(t, parent)
 	old = treeimage.MustCapture(t, dir, treeimage.Options{})
 	if err := mutate(dir); err != nil {
 		t.Fatal(err)
@@ -137,11 +147,35 @@ func images(t *testing.T) (old, new treeimage.Image) {
 // newSample builds the sample tree as PARENT/repo in a new temporary parent.
 func newSample(t testing.TB) string {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "repo")
+	return newSampleIn(t, t.TempDir())
+}
+
+// newSampleIn builds the sample tree as parent/repo.
+func newSampleIn(t testing.TB, parent string) string {
+	t.Helper()
+	dir := filepath.Join(parent, "repo")
 	if err := treeimage.BuildSample(dir); err != nil {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// tmpfsDir is a new temporary directory on a tmpfs (/dev/shm) where there
+// is one, else on the disk. A kill test can use it: what a killed process
+// did stays in the page cache whatever the file system, and the syncs that
+// a disk makes slow cost nothing there.
+func tmpfsDir(t testing.TB) string {
+	t.Helper()
+	var st unix.Statfs_t
+	if unix.Statfs("/dev/shm", &st) != nil || st.Type != unix.TMPFS_MAGIC || unix.Access("/dev/shm", unix.W_OK) != nil {
+		return t.TempDir()
+	}
+	d, err := os.MkdirTemp("/dev/shm", "treetx-crash-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
 }
 
 // runChild runs a victim and reports whether it crashed (true) or finished.
@@ -218,82 +252,163 @@ func checkInvariant(t *testing.T, dir string, want treeimage.Image, opts treeima
 	return ""
 }
 
+// TestCrashAfterEveryStep kills a transaction after a step, recovers, and
+// checks the invariant, for every step of the protocol but its syncs (a kill
+// after a sync leaves the state of the step before it), the first and last
+// step inside each tree built or deleted, and a seeded sample of the other
+// steps; with TREETX_EXHAUSTIVE=1, after every single step.
 func TestCrashAfterEveryStep(t *testing.T) {
 	old, new := images(t)
-	total, violations := 0, 0
-	for _, path := range []string{"commit", "rollback"} {
+	seed := testenv.Seed(t)
+	var total, all, violations atomic.Int64
+	t.Cleanup(func() {
+		t.Logf("crash points: %s, %d violations", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
+		fmt.Printf("crash points: %s, %d violations\n", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
+	})
+	for i, path := range []string{"commit", "rollback"} {
 		t.Run(path, func(t *testing.T) {
+			t.Parallel()
 			ops, commitPoint := dryRun(t, path)
-			for n := 1; ; n++ {
-				dir := newSample(t)
-				if !runChild(t, "txn", dir, path, n) {
-					if n <= len(ops) {
-						t.Errorf("the victim finished before step %d of %d", n, len(ops))
-					}
-					break
-				}
-				total++
+			rng := rand.New(rand.NewPCG(seed, uint64(i)))
+			steps := testenv.Sample(len(ops), func(j int) bool { return keyStep(ops, j) }, 12, rng)
+			all.Add(int64(len(ops)))
+			check := func(n int, dir string) {
+				total.Add(1)
 				want, opts, label := old, treeimage.Options{}, "old"
 				if commitPoint > 0 && n >= commitPoint {
 					want, opts, label = new, treeimage.Options{IgnoreDirMtime: true}, "new"
 				}
 				if v := checkInvariant(t, dir, want, opts); v != "" {
-					violations++
-					t.Errorf("crash after step %s: want the %s tree: %s", ops[n-1], label, v)
+					violations.Add(1)
+					what := fmt.Sprint(n)
+					if n <= len(ops) {
+						what = ops[n-1].String()
+					}
+					t.Errorf("crash after step %s: want the %s tree: %s", what, label, v)
 				}
+			}
+			for _, j := range steps {
+				check(j+1, newSampleCrashed(t, t.TempDir(), path, j+1))
+			}
+			// Steps past those of the dry run, if any, are checked too.
+			for n := len(ops) + 1; ; n++ {
+				dir := newSample(t)
+				if !runChild(t, "txn", dir, path, n) {
+					break
+				}
+				all.Add(1)
+				check(n, dir)
 			}
 		})
 	}
-	t.Logf("crash points: %d checked, %d violations", total, violations)
-	fmt.Printf("crash points: %d checked, %d violations\n", total, violations)
 }
 
-// TestCrashDuringRecovery crashes a transaction after each step of the
-// protocol proper, then crashes the recovery after each of its steps, then
+// newSampleCrashed builds the sample tree in parent and runs a transaction
+// of path on it that is killed right after step n; it fails the test if
+// the transaction ends first.
+func newSampleCrashed(t *testing.T, parent, path string, n int) string {
+	t.Helper()
+	dir := newSampleIn(t, parent)
+	if !runChild(t, "txn", dir, path, n) {
+		t.Fatalf("the victim finished before step %d", n)
+	}
+	return dir
+}
+
+// isSync tells an fsync or a syncfs: a kill right after one leaves the
+// state a kill before it leaves.
+func isSync(op fsystest.Op) bool { return op.Kind == "fsync" || op.Kind == "syncfs" }
+
+// keyStep tells the steps of ops that a sampled run always crashes after:
+// the protocol's own (outside the trees being built or deleted) but its
+// syncs, and the first and last steps inside each of those trees.
+func keyStep(ops []fsystest.Op, i int) bool {
+	if !insideTree(ops[i]) {
+		return !isSync(ops[i])
+	}
+	return i == 0 || !insideTree(ops[i-1]) || i == len(ops)-1 || !insideTree(ops[i+1])
+}
+
+// TestCrashDuringRecovery crashes a transaction after a step of the
+// protocol proper, then crashes the recovery after one of its steps, then
 // recovers again. Steps inside a tree being built or deleted are left out
 // (every crash state there is alike: a partial tree under a name that is
 // garbage), except in the crash-after-every-step test above.
+//
+// Crash states of the transaction whose recoveries take the same steps are
+// alike to this test: it crashes the recovery after each of its steps but
+// syncs for the first state of each kind, and after a seeded sample of the
+// other pairs of a transaction step and a recovery step. With
+// TREETX_EXHAUSTIVE=1, every pair, syncs included. The trees are on a
+// tmpfs where there is one (see tmpfsDir).
 func TestCrashDuringRecovery(t *testing.T) {
-	old, new := images(t)
-	total, violations := 0, 0
-	for _, path := range []string{"commit", "rollback"} {
+	old, new := imagesIn(t, tmpfsDir(t))
+	seed := testenv.Seed(t)
+	var total, all, kinds, violations atomic.Int64
+	t.Cleanup(func() {
+		fmt.Printf("recovery crash points: %s (%d kinds of recovery), %d violations\n",
+			testenv.Counted(int(total.Load()), int(all.Load())), kinds.Load(), violations.Load())
+	})
+	for i, path := range []string{"commit", "rollback"} {
 		t.Run(path, func(t *testing.T) {
+			t.Parallel()
 			ops, commitPoint := dryRun(t, path)
+			type pair struct{ step, rstep int }
+			var pairs []pair
+			var must []bool
+			seen := map[string]bool{}
 			for _, op := range ops {
-				if insideTree(op) || testing.Short() && op.Step%5 != 0 {
+				if insideTree(op) || !testenv.Exhaustive() && isSync(op) {
 					continue
 				}
-				want, opts := old, treeimage.Options{}
-				if commitPoint > 0 && op.Step >= commitPoint {
-					want, opts = new, treeimage.Options{IgnoreDirMtime: true}
-				}
 				// Record what this recovery does, to crash it after each step.
-				dir := newSample(t)
-				if !runChild(t, "txn", dir, path, op.Step) {
-					t.Fatalf("the victim finished before step %d", op.Step)
-				}
+				dir := newSampleCrashed(t, tmpfsDir(t), path, op.Step)
 				rfs := &fsystest.FS{Record: true}
 				if _, err := txrecover.Recover(dir, txrecover.Options{FS: rfs}); err != nil {
 					t.Fatalf("crash after step %s: recover: %v", op, err)
 				}
+				var rsteps []int
+				var kind strings.Builder
 				for _, rop := range rfs.Ops() {
-					if insideTree(rop) {
+					if insideTree(rop) || !testenv.Exhaustive() && isSync(rop) {
 						continue
 					}
-					dir := newSample(t)
-					runChild(t, "txn", dir, path, op.Step)
-					runChild(t, "recover", dir, path, rop.Step)
-					total++
-					if v := checkInvariant(t, dir, want, opts); v != "" {
-						violations++
-						t.Errorf("crash after step %s, then recovery crash after its step %s: %s", op, rop, v)
-					}
+					rsteps = append(rsteps, rop.Step)
+					fmt.Fprintf(&kind, "%s %s %s;", rop.Kind, idRE.ReplaceAllString(filepath.Base(rop.Path), ".ID"), idRE.ReplaceAllString(filepath.Base(rop.Path2), ".ID"))
+				}
+				first := !seen[kind.String()]
+				seen[kind.String()] = true
+				for _, r := range rsteps {
+					pairs = append(pairs, pair{op.Step, r})
+					must = append(must, first)
+				}
+			}
+			kinds.Add(int64(len(seen)))
+			all.Add(int64(len(pairs)))
+			rng := rand.New(rand.NewPCG(seed, uint64(i)))
+			for _, k := range testenv.Sample(len(pairs), func(j int) bool { return must[j] }, 8, rng) {
+				p := pairs[k]
+				op := ops[p.step-1]
+				want, opts := old, treeimage.Options{}
+				if commitPoint > 0 && op.Step >= commitPoint {
+					want, opts = new, treeimage.Options{IgnoreDirMtime: true}
+				}
+				dir := newSampleCrashed(t, tmpfsDir(t), path, op.Step)
+				if !runChild(t, "recover", dir, path, p.rstep) {
+					t.Fatalf("crash after step %s: the recovery finished before its step %d", op, p.rstep)
+				}
+				total.Add(1)
+				if v := checkInvariant(t, dir, want, opts); v != "" {
+					violations.Add(1)
+					t.Errorf("crash after step %s, then recovery crash after its step %d: %s", op, p.rstep, v)
 				}
 			}
 		})
 	}
-	fmt.Printf("recovery crash points: %d checked, %d violations\n", total, violations)
 }
+
+// idRE matches the random id at the end of a name.
+var idRE = regexp.MustCompile(`\.[0-9a-f]{16}$`)
 
 // insideTree tells an op on an entry inside a shadow being built or a tree
 // being deleted.

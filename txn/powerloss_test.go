@@ -10,12 +10,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	txrecover "github.com/treetx/treetx/recover"
 	"github.com/treetx/treetx/txn"
@@ -614,10 +616,11 @@ type checker struct {
 	violations []string
 	scratch    string
 	n          int
+	from, to   int // the crash points run checks: after ops[from] to ops[to-1]
 }
 
 func newChecker(t *testing.T, h *history) *checker {
-	c := &checker{t: t, h: h, seen: map[string]bool{}, scratch: shmDir(t)}
+	c := &checker{t: t, h: h, seen: map[string]bool{}, scratch: shmDir(t), to: len(h.ops)}
 	c.old = c.image(h.initial, treeimage.Options{})
 	c.new = c.image(h.final, treeimage.Options{IgnoreDirMtime: true})
 	return c
@@ -685,11 +688,12 @@ func (c *checker) check(k int, keep func(int) bool) {
 	}
 }
 
-// run checks crash points: for each step, every subset of the volatile
-// steps when there are at most exhaustive of them, else samples random
-// subsets (each step kept with probability 1/2) plus the two extremes.
+// run checks crash points: for each step (from c.from to c.to), every
+// subset of the volatile steps when there are at most exhaustive of them,
+// else samples random subsets (each step kept with probability 1/2) plus
+// the two extremes.
 func (c *checker) run(exhaustive, samples int, rng *rand.Rand) {
-	for k := range c.h.ops {
+	for k := c.from; k < c.to; k++ {
 		v := c.h.volatile(k)
 		if len(v) <= exhaustive {
 			for mask := 0; mask < 1<<len(v); mask++ {
@@ -721,29 +725,29 @@ func (c *checker) report(name string) {
 	fmt.Printf("%s: power-loss states: %d checked, %d violations\n", name, c.checked, len(c.violations))
 }
 
+// powerLossSeed is the seed of the power-loss samples:
+// TREETX_POWERLOSS_SEED, else TREETX_TEST_SEED, else from the clock.
 func powerLossSeed(t *testing.T) uint64 {
-	seed := uint64(1)
-	if s := os.Getenv("TREETX_POWERLOSS_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (TREETX_POWERLOSS_SEED)", seed)
-	return seed
+	t.Helper()
+	return testenv.Seed(t, "TREETX_POWERLOSS_SEED")
 }
 
 // TestPowerLossSmallExhaustive enumerates every crash state of a
-// transaction on a small tree wherever a crash point has at most 12
-// volatile steps, and samples the others.
+// transaction on a small tree wherever a crash point has at most 10
+// volatile steps (12 with TREETX_EXHAUSTIVE=1, 8 with -short), and samples
+// the others.
 func TestPowerLossSmallExhaustive(t *testing.T) {
-	rng := rand.New(rand.NewPCG(powerLossSeed(t), 1))
-	for _, path := range []string{"commit", "rollback"} {
+	seed := powerLossSeed(t)
+	for i, path := range []string{"commit", "rollback"} {
 		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			rng := rand.New(rand.NewPCG(seed, uint64(10+i)))
 			c := newChecker(t, record(t, smallTree, path, 0))
-			exhaustive := 12
-			if testing.Short() {
+			exhaustive := 10
+			switch {
+			case testenv.Exhaustive():
+				exhaustive = 12
+			case testing.Short():
 				exhaustive = 8
 			}
 			c.run(exhaustive, 64, rng)
@@ -752,27 +756,36 @@ func TestPowerLossSmallExhaustive(t *testing.T) {
 	}
 }
 
-// TestPowerLossSampled samples at least 10,000 distinct crash states of a
-// transaction on the 35-entry sample tree.
+// TestPowerLossSampled samples distinct crash states of a transaction on
+// the 35-entry sample tree: at every crash point, the two extremes and 8
+// random subsets of the volatile steps (56, and at least 10,000 states in
+// all, with TREETX_EXHAUSTIVE=1; 4 with -short).
 func TestPowerLossSampled(t *testing.T) {
-	rng := rand.New(rand.NewPCG(powerLossSeed(t), 2))
-	total, violations := 0, 0
-	for _, path := range []string{"commit", "rollback"} {
-		t.Run(path, func(t *testing.T) {
-			c := newChecker(t, record(t, treeimage.BuildSample, path, 0))
-			samples := 56
-			if testing.Short() {
-				samples = 4
-			}
-			c.run(4, samples, rng)
-			c.report("sample/" + path)
-			total += c.checked
-			violations += len(c.violations)
-		})
+	seed := powerLossSeed(t)
+	var total, violations atomic.Int64
+	samples, want := 8, 2000
+	switch {
+	case testenv.Exhaustive():
+		samples, want = 56, 10000
+	case testing.Short():
+		samples, want = 4, 0
 	}
-	fmt.Printf("power-loss states: %d checked, %d violations\n", total, violations)
-	if !testing.Short() && total < 10000 {
-		t.Errorf("only %d distinct states checked, want at least 10,000", total)
+	t.Run("paths", func(t *testing.T) {
+		for i, path := range []string{"commit", "rollback"} {
+			t.Run(path, func(t *testing.T) {
+				t.Parallel()
+				rng := rand.New(rand.NewPCG(seed, uint64(20+i)))
+				c := newChecker(t, record(t, treeimage.BuildSample, path, 0))
+				c.run(4, samples, rng)
+				c.report("sample/" + path)
+				total.Add(int64(c.checked))
+				violations.Add(int64(len(c.violations)))
+			})
+		}
+	})
+	fmt.Printf("power-loss states: %d checked, %d violations\n", total.Load(), violations.Load())
+	if total.Load() < int64(want) {
+		t.Errorf("only %d distinct states checked, want at least %d", total.Load(), want)
 	}
 }
 
@@ -781,10 +794,17 @@ func TestPowerLossSampled(t *testing.T) {
 // sync of the small commit and rollback runs in turn and prints which ones
 // the invariant needs; the shadow's syncfs (before it is named complete)
 // and the command's syncfs (before the commit point) must be among them.
+//
+// Without a sync, only the crash points from where it was to the next
+// syncfs can differ from those of the whole protocol (after that syncfs,
+// every earlier step is durable either way), which the tests above check:
+// a default run checks that window, TREETX_EXHAUSTIVE=1 every crash point.
 func TestPowerLossCheckerFindsMissingSync(t *testing.T) {
-	rng := rand.New(rand.NewPCG(powerLossSeed(t), 3))
-	for _, path := range []string{"commit", "rollback"} {
+	seed := powerLossSeed(t)
+	for pi, path := range []string{"commit", "rollback"} {
 		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			rng := rand.New(rand.NewPCG(seed, uint64(30+pi)))
 			base := record(t, smallTree, path, 0)
 			var syncs []fsystest.Op
 			for _, op := range base.ops {
@@ -795,9 +815,12 @@ func TestPowerLossCheckerFindsMissingSync(t *testing.T) {
 			needed := map[string]bool{}
 			for i, op := range syncs {
 				c := newChecker(t, record(t, smallTree, path, i+1))
+				if !testenv.Exhaustive() {
+					c.from, c.to = syncWindow(c.h, slices.IndexFunc(base.ops, func(o fsystest.Op) bool { return o.Step == op.Step }))
+				}
 				c.run(8, 16, rng)
 				what := fmt.Sprintf("sync %d (step %s)", i+1, strings.TrimPrefix(op.String(), strconv.Itoa(op.Step)+" "))
-				fmt.Printf("%s without %s: %d states, %d violations\n", path, what, c.checked, len(c.violations))
+				fmt.Printf("%s without %s: %d states (crash points %d to %d of %d), %d violations\n", path, what, c.checked, c.from, c.to-1, len(c.h.ops), len(c.violations))
 				if len(c.violations) > 0 {
 					needed[op.Kind+" "+strconv.Itoa(op.Step)] = true
 				}
@@ -828,4 +851,20 @@ func TestPowerLossCheckerFindsMissingSync(t *testing.T) {
 			}
 		})
 	}
+}
+
+// syncWindow returns the crash points of h, a run with the sync at index b
+// of the whole run removed, whose states may differ from the whole run's:
+// from b (ops before it are the same, made durable by the same syncs) to
+// the first syncfs from there (after which every earlier step is durable
+// in both runs, and the later ones are the same).
+func syncWindow(h *history, b int) (from, to int) {
+	to = len(h.ops)
+	for k := b; k < len(h.ops); k++ {
+		if h.ops[k].Kind == "syncfs" {
+			to = k
+			break
+		}
+	}
+	return b, to
 }
