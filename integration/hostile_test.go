@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/testenv"
 )
 
 // The hostile-neighbour matrix: treetx runs as root over a directory whose
@@ -123,7 +125,7 @@ func expected(kind string, p plant, cmd string) int {
 }
 
 func TestHostileParent(t *testing.T) {
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	root := moduleRootT(t)
 	script := filepath.Join(root, "scripts", "treetx-recover.sh")
 	var cells, refusals atomic.Int64

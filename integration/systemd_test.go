@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 )
 
@@ -239,7 +240,7 @@ func sandbox(t *testing.T, ds []directive, caps []string, scratch string, env []
 			p = strings.TrimPrefix(p, "-") // optional: the test needs it anyway
 			src := filepath.Join(scratch, p)
 			if _, err := os.Stat(p); err != nil {
-				missing(t, "ReadWritePaths=%s: no directory to mount the scratch one on: %v", p, err)
+				testenv.Unavailable(t, "ReadWritePaths=%s: no directory to mount the scratch one on: %v", p, err)
 			}
 			if err := os.MkdirAll(src, 0o755); err != nil {
 				t.Fatal(err)
@@ -312,7 +313,7 @@ func sysTree(t *testing.T, dir string) {
 chown -R 65534:"$G" "$D"
 chmod 4755 "$D/suid"; chmod 2755 "$D/sgid"; chmod 2775 "$D/sgid-dir"; chmod 1777 "$D/sticky"`)
 	if err := unix.Lsetxattr(filepath.Join(dir, "capfile"), "security.capability", fileCap, 0); err != nil {
-		missing(t, "set a file capability in %s: %v", dir, err)
+		testenv.Unavailable(t, "set a file capability in %s: %v", dir, err)
 	}
 	for _, d := range []string{"locked/inner", "locked"} {
 		if err := os.Chmod(filepath.Join(dir, d), 0); err != nil {
@@ -460,12 +461,12 @@ func unitPath(t *testing.T, file string) string {
 
 func requireSandbox(t *testing.T) {
 	t.Helper()
-	requireRoot(t)
+	testenv.Require(t, testenv.Root)
 	for _, tool := range []string{"setpriv", "unshare", "mount"} {
-		requireTool(t, tool)
+		testenv.Tool(t, tool)
 	}
 	if out, err := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", "mount -o remount,bind,ro /").CombinedOutput(); err != nil {
-		missing(t, "cannot make / read-only in a mount namespace: %v: %s", err, out)
+		testenv.Unavailable(t, "cannot make / read-only in a mount namespace: %v: %s", err, out)
 	}
 }
 
@@ -574,7 +575,7 @@ func TestSystemdCapabilitiesAreNeeded(t *testing.T) {
 // list, then ~ lines taking away) with systemd-analyze's sets.
 func allowedSyscalls(t *testing.T, ds []directive) map[string]bool {
 	t.Helper()
-	analyze := requireTool(t, "systemd-analyze")
+	analyze := testenv.Tool(t, "systemd-analyze")
 	out, err := exec.Command(analyze, "syscall-filter").Output()
 	if err != nil {
 		t.Fatalf("systemd-analyze syscall-filter: %v", err)
@@ -652,8 +653,8 @@ func tracedSyscalls(t *testing.T, path string) map[string]bool {
 // Outside the filter, systemd would fail the call (EPERM) or, for a call
 // newer than systemd, kill the service.
 func TestSystemdSyscallFilter(t *testing.T) {
-	requireRoot(t)
-	strace := requireTool(t, "strace")
+	testenv.Require(t, testenv.Root)
+	strace := testenv.Tool(t, "strace")
 	for _, u := range hardenedUnits() {
 		t.Run(u.file, func(t *testing.T) {
 			t.Parallel()
@@ -714,7 +715,7 @@ func TestSystemdSyscallFilter(t *testing.T) {
 // each unit at or below securityThreshold.
 func TestSystemdSecurityExposure(t *testing.T) {
 	t.Parallel()
-	analyze := requireTool(t, "systemd-analyze")
+	analyze := testenv.Tool(t, "systemd-analyze")
 	dir := t.TempDir()
 	for _, u := range hardenedUnits() {
 		data, err := os.ReadFile(unitPath(t, u.file))

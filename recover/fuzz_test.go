@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/txn"
 )
 
@@ -30,9 +31,7 @@ func FuzzRecover(f *testing.F) {
 	f.Add(byte(0), byte(3), byte(2), []byte(good))
 	f.Add(byte(2), byte(0), byte(0), []byte(good))
 	f.Fuzz(func(t *testing.T, phase, shadow, owners byte, manifest []byte) {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root (owners of the planted files)")
-		}
+		testenv.Require(t, testenv.Root)
 		top := t.TempDir()
 		p := filepath.Join(top, "p")
 		outside := filepath.Join(top, "outside")

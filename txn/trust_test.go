@@ -10,15 +10,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/safeopen"
+	"github.com/treetx/treetx/internal/testenv"
 )
 
 // TestCheckShadowTrust: the directory under a shadow's inode is the
 // journal's shadow only when the journal's owner could have made it, and,
 // where birth times are kept, it was born before the journal was written.
 func TestCheckShadowTrust(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (owners)")
-	}
+	testenv.Require(t, testenv.Root)
 	p := t.TempDir()
 	jpath := filepath.Join(p, ".#treetx.repo.journal")
 	data := `{"version":1,"id":"3f9c0a1b2c3d4e5f","phase":"running","shadow":{"dev":1,"ino":3}}`

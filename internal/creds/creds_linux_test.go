@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/internal/testenv"
 )
 
 // TestDoActsAsTheUser checks that work done through Do has the user's
@@ -14,9 +16,7 @@ import (
 // neither give a file away, nor open root's files, nor set file
 // capabilities, while the rest of the process stays root.
 func TestDoActsAsTheUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testenv.Require(t, testenv.Root)
 	dir, err := os.MkdirTemp("", "creds")
 	if err != nil {
 		t.Fatal(err)
