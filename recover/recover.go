@@ -452,34 +452,35 @@ func classify(n txn.Names) (*Report, error) {
 		}
 		r.State = StateNeedsRecovery
 		switch j.Phase {
-		case txn.PhaseSnapshot:
+		case txn.PhaseSnapshot: // rows 5, 6, 7
 			r.Found = "an interrupted " + who + " that was still building its shadow"
 			r.Action = "drop the shadow (the directory was never touched)"
-		case txn.PhaseRunning:
+		case txn.PhaseRunning: // row 8
 			r.Found = "an interrupted " + who + " whose command had not finished"
 			r.Action = "roll back to the tree from before the transaction"
-		case txn.PhaseRollback:
+		case txn.PhaseRollback: // rows 10, 11, 12, 13
 			r.Found = "an interrupted rollback of " + who
 			r.Action = "finish the rollback"
-		case txn.PhaseCommit:
+		case txn.PhaseCommit: // rows 14, 15
 			r.Found = "an interrupted commit of " + who
 			r.Action = "finish the commit (the new tree is durable)"
 		}
 		return r, nil
-	case !errors.Is(jerr, fs.ErrNotExist):
+	case !errors.Is(jerr, fs.ErrNotExist): // row 16
 		r.State = StateNeedsPerson
 		r.Found = fmt.Sprintf("%v; nothing done: inspect it, and the names %s%s.* beside it", jerr, txn.Prefix, n.Base)
 		return r, nil
 	}
-	if c := present[txn.KindComplete]; len(c) > 0 {
+	if c := present[txn.KindComplete]; len(c) > 0 { // row 4
 		r.State = StateNeedsPerson
 		r.Found = fmt.Sprintf("%s exists but no journal claims it, so it was not made by treetx and is never installed; move it away", n.Path(n.Complete))
 		return r, nil
 	}
+	// Rows 2 and 3: garbage of a transaction that never began, or ended.
 	for _, k := range []txn.Kind{txn.KindIncomplete, txn.KindJournalTmp, txn.KindMeta} {
 		r.garbage = append(r.garbage, present[k]...)
 	}
-	if len(r.garbage) == 0 {
+	if len(r.garbage) == 0 { // rows 1 and 3a
 		// Trees named for removal alone are no unfinished business: treetx
 		// run leaves their deletion to a detached process. Recover and gc
 		// still delete them (deleting one twice at once is safe), in case
@@ -547,7 +548,7 @@ func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) (pr
 		case j.Phase == txn.PhaseRollback && inDir:
 		case completeThere:
 			return notShadow(n.Complete)
-		default:
+		default: // row 9
 			return fmt.Sprintf("the shadow (inode %d) is neither at %s nor at %s", j.Shadow.Ino, n.Path(n.Complete), n.Dir)
 		}
 		if len(present[txn.KindMeta]) == 0 {

@@ -28,20 +28,23 @@ func (tx *Tx) Commit() (*Result, error) {
 	switch tx.j.Phase {
 	case PhaseRunning:
 		// Step: the command's changes are durable before the commit point.
-		tx.step("syncfs", n.Parent)
+		tx.step("C1", "syncfs", n.Parent)
 		if err := tx.fs.Syncfs(tx.pfd); err != nil {
 			return res, fmt.Errorf("commit: make changes durable: syncfs %s: %w", n.Dir, err)
 		}
 		if err := tx.expectShadowAt(n.Complete); err != nil {
 			return res, fmt.Errorf("commit: %w", err)
 		}
+		// C2: what was written in place is a warning now, lost content at
+		// a rollback.
+		// R1: list the linked files whose old content is lost.
 		tx.stopWatch()
 		inPlace, err := tx.changed(n.Complete)
 		if err != nil {
 			return res, fmt.Errorf("commit: %w", err)
 		}
 		res.InPlace = inPlace
-		if err := tx.setPhase(PhaseCommit); err != nil {
+		if err := tx.setPhase("C3", PhaseCommit); err != nil {
 			return res, fmt.Errorf("commit: %w", err)
 		}
 	case PhaseCommit:
@@ -88,7 +91,7 @@ func (tx *Tx) Rollback() (*Result, error) {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
 		tx.j.Lost = lost
-		if err := tx.setPhase(PhaseRollback); err != nil {
+		if err := tx.setPhase("R2", PhaseRollback); err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
 	case PhaseRollback:
@@ -123,6 +126,8 @@ func (tx *Tx) putBack() error {
 	if len(tx.j.Lost) > 0 {
 		failedName = n.Failed(tx.j.ID)
 	}
+	// Rows 10 and 13 (the shadow not installed yet): R3 on it, then R4;
+	// row 11 (installed): R3 again on the directory.
 	if !swapped {
 		if err := tx.restore(n.Complete); err != nil {
 			return err
@@ -135,7 +140,7 @@ func (tx *Tx) putBack() error {
 	}
 	// Step: the restored metadata and the exchange are durable before the
 	// failed tree is renamed and the journal removed.
-	tx.step("syncfs", n.Parent)
+	tx.step("R5", "syncfs", n.Parent)
 	if err := tx.fs.Syncfs(tx.pfd); err != nil {
 		return fmt.Errorf("make rollback durable: syncfs %s: %w", n.Parent, err)
 	}
@@ -147,17 +152,17 @@ func (tx *Tx) putBack() error {
 		if fileID(&st) == tx.j.Shadow {
 			return fmt.Errorf("%s still holds the shadow after the exchange", n.Path(n.Complete))
 		}
-		tx.step("rename", failedName)
+		tx.step("R6", "rename", failedName)
 		if err := tx.fs.Renameat2(tx.pfd, n.Complete, tx.pfd, failedName, unix.RENAME_NOREPLACE); err != nil {
 			return fmt.Errorf("rename failed tree %s to %s: %w", n.Path(n.Complete), failedName, err)
 		}
-		if err := tx.fsyncParent(); err != nil {
+		if err := tx.fsyncParent("R6"); err != nil {
 			return err
 		}
 	case !errors.Is(err, unix.ENOENT):
 		return fmt.Errorf("stat %s: %w", n.Path(n.Complete), err)
 	}
-	return tx.finish()
+	return tx.finish() // R7: as C5..C8
 }
 
 // swap puts the shadow (at Complete) in place of the directory: one
@@ -167,7 +172,7 @@ func (tx *Tx) putBack() error {
 // gone, the shadow is renamed into its place.
 func (tx *Tx) swap(failedName string) error {
 	n := tx.n
-	tx.step("exchange", n.Base)
+	tx.step("R4", "exchange", n.Base)
 	err := tx.fs.Renameat2(tx.pfd, n.Complete, tx.pfd, n.Base, unix.RENAME_EXCHANGE)
 	switch {
 	case err == nil:
@@ -175,17 +180,17 @@ func (tx *Tx) swap(failedName string) error {
 	case errors.Is(err, unix.ENOENT):
 		// The command removed the directory itself.
 	case errors.Is(err, unix.EINVAL):
-		tx.step("rename", failedName)
+		tx.step("R4", "rename", failedName)
 		if err := tx.fs.Renameat2(tx.pfd, n.Base, tx.pfd, failedName, unix.RENAME_NOREPLACE); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("rename %s to %s: %w", n.Dir, failedName, err)
 		}
-		if err := tx.fsyncParent(); err != nil {
+		if err := tx.fsyncParent("R4"); err != nil {
 			return err
 		}
 	default:
 		return fmt.Errorf("exchange %s and %s: %w", n.Path(n.Complete), n.Dir, err)
 	}
-	tx.step("rename", n.Base)
+	tx.step("R4", "rename", n.Base)
 	if err := tx.fs.Renameat2(tx.pfd, n.Complete, tx.pfd, n.Base, unix.RENAME_NOREPLACE); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", n.Path(n.Complete), n.Dir, err)
 	}
@@ -311,7 +316,7 @@ func (tx *Tx) restore(name string) error {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return fmt.Errorf("stat manifest: %w", err)
 	}
-	tx.step("restore metadata", root)
+	tx.step("R3", "restore metadata", root)
 	restored, skipped, err := snapshot.Restore(rootfd, root, recs, st.Mtim, tx.fs)
 	if err != nil {
 		return err

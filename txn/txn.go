@@ -13,6 +13,37 @@
 // transaction a crash left (package recover uses it). docs/protocol.md
 // describes every step, every sync and every crash state.
 //
+// Where each step of docs/protocol.md is performed (the log's "step" field
+// names it too; TestProtocolIDsInCode keeps the two in step):
+//
+//	B1 lock                     BeginContext (lock.Acquire)
+//	B2 refuse, clear stale      Tx.checkClean
+//	B3 mkdir shadow             BeginContext
+//	B4 journal snapshot         Tx.setPhase, writeJournal
+//	B5 build, manifest          Tx.build (snapshot.Build)
+//	B6 syncfs                   BeginContext
+//	B7 rename to complete       BeginContext
+//	B8 journal running          Tx.setPhase
+//	C1 syncfs                   Tx.Commit
+//	C2 check writes in place    Tx.stopWatch, Tx.changed (snapshot.Changed)
+//	C3 journal commit           Tx.setPhase: the commit point
+//	C4 shadow to removal name   Tx.discard
+//	C5 unlink journal           Tx.finish
+//	C6 manifest away            Tx.finish
+//	C7 delete removal trees     Tx.removeGarbage (snapshot.Remove)
+//	C8 release the lock         Tx.close
+//	R1 list lost content        Tx.Rollback, Tx.changed
+//	R2 journal rollback         Tx.setPhase
+//	R3 restore metadata         Tx.restore (snapshot.Restore)
+//	R4 exchange                 Tx.swap
+//	R5 syncfs                   Tx.putBack
+//	R6 failed tree away         Tx.putBack
+//	R7 as C5..C8                Tx.finish
+//
+// The crash-state rows are told apart by package recover (classify and
+// checkShadow: rows 1 to 9, 14 to 16) and by Tx.putBack (rows 10 to 13,
+// by where the shadow's inode is); Finish carries out rows 5 to 15.
+//
 // Every file-system mutation goes through an fsys.FS, so tests can record,
 // fail or stop the protocol at any step.
 package txn
@@ -175,6 +206,7 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 	if cmd == nil {
 		cmd = os.Args
 	}
+	// B1: lock, and record the holder.
 	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lock.Options{
 		Mode: lock.Exclusive, Timeout: opts.lockTimeout(), Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd},
 	})
@@ -192,7 +224,7 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 	if tx.pfd, err = openDir(n.Parent); err != nil {
 		return tx, fmt.Errorf("open %s: %w", n.Parent, err)
 	}
-	if err := tx.checkClean(); err != nil {
+	if err := tx.checkClean(); err != nil { // B2
 		return tx, err
 	}
 	holder := lock.Holder{Command: cmd}
@@ -212,7 +244,7 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 	}
 	tx.j.Dir = fileID(&st)
 	// Step: create the shadow root and record its inode in the journal.
-	tx.step("mkdir shadow", n.Incomplete)
+	tx.step("B3", "mkdir shadow", n.Incomplete)
 	if err := tx.fs.Mkdirat(tx.pfd, n.Incomplete, 0o700); err != nil {
 		return tx, fmt.Errorf("create shadow %s: %w", n.Path(n.Incomplete), err)
 	}
@@ -220,25 +252,25 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 		return tx, fmt.Errorf("stat %s: %w", n.Path(n.Incomplete), err)
 	}
 	tx.j.Shadow = fileID(&st)
-	if err := tx.setPhase(PhaseSnapshot); err != nil {
+	if err := tx.setPhase("B4", PhaseSnapshot); err != nil {
 		return tx, err
 	}
 	if err := tx.build(ctx, opts); err != nil {
 		return tx, err
 	}
 	// Step: the shadow and its manifest are durable before it is complete.
-	tx.step("syncfs", n.Parent)
+	tx.step("B6", "syncfs", n.Parent)
 	if err := tx.fs.Syncfs(tx.pfd); err != nil {
 		return tx, fmt.Errorf("make shadow durable: syncfs %s: %w", n.Parent, err)
 	}
-	tx.step("rename", n.Complete)
+	tx.step("B7", "rename", n.Complete)
 	if err := tx.fs.Renameat2(tx.pfd, n.Incomplete, tx.pfd, n.Complete, unix.RENAME_NOREPLACE); err != nil {
 		return tx, fmt.Errorf("rename %s to %s: %w", n.Path(n.Incomplete), n.Complete, err)
 	}
-	if err := tx.fsyncParent(); err != nil {
+	if err := tx.fsyncParent("B7"); err != nil {
 		return tx, err
 	}
-	if err := tx.setPhase(PhaseRunning); err != nil {
+	if err := tx.setPhase("B8", PhaseRunning); err != nil {
 		return tx, err
 	}
 	return tx, nil
@@ -283,7 +315,7 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("--copy: %w", err)
 	}
-	tx.step("create manifest", n.Meta)
+	tx.step("B5", "create manifest", n.Meta)
 	if err := tx.fs.Unlinkat(tx.pfd, n.Meta, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove stale %s: %w", n.Path(n.Meta), err)
 	}
@@ -305,7 +337,7 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 			mw.KeepIndex()
 		}
 	}
-	tx.step("build shadow", n.Incomplete)
+	tx.step("B5", "build shadow", n.Incomplete)
 	stats, err := snapshot.Build(n.Dir, tx.pfd, n.Incomplete, snapshot.Options{
 		Context: ctx, FS: tx.fs, Exclude: exclude, Copy: copyM, Manifest: mw,
 		Progress: opts.Progress, Logger: tx.log, AllowOwnerChange: opts.AllowOwnerChange,
@@ -367,10 +399,10 @@ func (tx *Tx) nameForRemoval(name string) error {
 		if err != nil {
 			return err
 		}
-		tx.step("rename", tx.n.Removing(id))
+		tx.step("B2", "rename", tx.n.Removing(id))
 		err = tx.fs.Renameat2(tx.pfd, name, tx.pfd, tx.n.Removing(id), unix.RENAME_NOREPLACE)
 		if err == nil {
-			return tx.fsyncParent()
+			return tx.fsyncParent("B2")
 		}
 		if !errors.Is(err, unix.EEXIST) || try >= 3 {
 			return fmt.Errorf("rename %s to %s: %w", tx.n.Path(name), tx.n.Removing(id), err)
@@ -411,23 +443,27 @@ func (tx *Tx) ID() string { return tx.j.ID }
 // process is killed. The caller closes it after starting the child.
 func (tx *Tx) LockFile() (*os.File, error) { return tx.lk.Inheritable() }
 
-func (tx *Tx) step(what, name string) { tx.log.Debug("step", "do", what, "name", name) }
+// step logs a step of the protocol: id is its name in docs/protocol.md
+// (B1..B8, C1..C8, R1..R7).
+func (tx *Tx) step(id, what, name string) {
+	tx.log.Debug("step", "step", id, "do", what, "name", name)
+}
 
-func (tx *Tx) setPhase(p Phase) error {
-	tx.step("journal "+string(p), tx.n.Journal)
+func (tx *Tx) setPhase(id string, p Phase) error {
+	tx.step(id, "journal "+string(p), tx.n.Journal)
 	tx.j.Phase = p
 	return writeJournal(tx.fs, tx.pfd, tx.n, &tx.j)
 }
 
-func (tx *Tx) fsyncParent() error {
-	tx.step("fsync", tx.n.Parent)
+func (tx *Tx) fsyncParent(id string) error {
+	tx.step(id, "fsync", tx.n.Parent)
 	if err := tx.fs.Fsync(tx.pfd); err != nil {
 		return fmt.Errorf("fsync %s: %w", tx.n.Parent, err)
 	}
 	return nil
 }
 
-// close releases the lock and the parent's descriptor.
+// close releases the lock (C8) and the parent's descriptor.
 func (tx *Tx) close() error {
 	tx.done = true
 	if tx.watch != nil {
@@ -473,15 +509,15 @@ func (tx *Tx) discard() error {
 		if err := tx.isShadow(name, &st); err != nil {
 			return fmt.Errorf("%w: left alone", err)
 		}
-		tx.step("rename", n.Removing(tx.j.ID))
+		tx.step("C4", "rename", n.Removing(tx.j.ID))
 		if err := tx.fs.Renameat2(tx.pfd, name, tx.pfd, n.Removing(tx.j.ID), unix.RENAME_NOREPLACE); err != nil {
-			tx.step("remove tree in place", name)
+			tx.step("C4", "remove tree in place", name)
 			if rmErr := snapshot.RemoveAs(n.Parent, name, tx.fs, tx.enter); rmErr != nil {
 				return errors.Join(fmt.Errorf("rename %s to %s: %w", n.Path(name), n.Removing(tx.j.ID), err), rmErr)
 			}
 			continue
 		}
-		if err := tx.fsyncParent(); err != nil {
+		if err := tx.fsyncParent("C4"); err != nil {
 			return err
 		}
 	}
@@ -497,22 +533,22 @@ func (tx *Tx) discard() error {
 // time (some 20 ms for the 100 MB of a million files).
 func (tx *Tx) finish() error {
 	n := tx.n
-	tx.step("unlink", n.Journal)
+	tx.step("C5", "unlink", n.Journal)
 	if err := tx.fs.Unlinkat(tx.pfd, n.Journal, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("remove %s: %w", n.Path(n.Journal), err)
 	}
-	if err := tx.fsyncParent(); err != nil {
+	if err := tx.fsyncParent("C5"); err != nil {
 		return err
 	}
 	if tx.j.ID != "" {
 		into := n.Removing(tx.j.ID) + "/" + n.Meta
-		tx.step("rename", into)
+		tx.step("C6", "rename", into)
 		if err := tx.fs.Renameat2(tx.pfd, n.Meta, tx.pfd, into, unix.RENAME_NOREPLACE); err != nil {
 			tx.log.Debug("manifest not moved into the removal tree; unlinked", "err", err)
 		}
 	}
 	for _, name := range []string{n.Meta, n.JournalTmp} {
-		tx.step("unlink", name)
+		tx.step("C6", "unlink", name)
 		if err := tx.fs.Unlinkat(tx.pfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove %s: %w", n.Path(name), err)
 		}
@@ -536,7 +572,7 @@ func (tx *Tx) removeGarbage() error {
 			tx.garbage = append(tx.garbage, tx.n.Path(name))
 			continue
 		}
-		tx.step("remove tree", name)
+		tx.step("C7", "remove tree", name)
 		if name == tx.n.Removing(tx.j.ID) {
 			// This transaction's own: the shadow or the failed tree.
 			errs = append(errs, snapshot.RemoveAs(tx.n.Parent, name, tx.fs, tx.enter))

@@ -1,0 +1,83 @@
+package txn
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestProtocolIDsInCode: every step (B1..B8, C1..C8, R1..R7) and every
+// crash-state row (1..16, 3a) that docs/protocol.md names is named in the
+// code that performs it (a step in txn, a row in txn or recover), and the
+// code names none the document does not have.
+func TestProtocolIDsInCode(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "protocol.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docSteps := matches(regexp.MustCompile(`(?m)^\| ([BCR][0-9]) \|`), string(doc))
+	docRows := matches(regexp.MustCompile(`(?m)^\| ([0-9]+a?) \|`), string(doc))
+	if len(docSteps) < 20 || len(docRows) < 16 {
+		t.Fatalf("docs/protocol.md: found steps %v and rows %v: is the table still there?", docSteps, docRows)
+	}
+	var code strings.Builder
+	for _, dir := range []string{".", filepath.Join("..", "recover")} {
+		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			code.Write(data)
+		}
+	}
+	// A step is named as a string ("B3") or in a comment (// B3: ...,
+	// C5..C8); a row in a comment (// row 8, // rows 10, 11).
+	codeSteps := matches(regexp.MustCompile(`["\s(]([BCR][0-9])\b`), code.String())
+	for _, r := range regexp.MustCompile(`([BCR])([0-9])\.\.[BCR]([0-9])`).FindAllStringSubmatch(code.String(), -1) {
+		for i := r[2][0]; i <= r[3][0]; i++ {
+			codeSteps = append(codeSteps, r[1]+string(i))
+		}
+	}
+	var codeRows []string
+	for _, m := range regexp.MustCompile(`(?i)// rows? ([^:(\n]*)`).FindAllStringSubmatch(code.String(), -1) {
+		codeRows = append(codeRows, regexp.MustCompile(`\b[0-9]+a?\b`).FindAllString(m[1], -1)...)
+	}
+	compare(t, "step", docSteps, codeSteps)
+	compare(t, "crash-state row", docRows, codeRows)
+}
+
+func matches(re *regexp.Regexp, s string) []string {
+	var out []string
+	for _, m := range re.FindAllStringSubmatch(s, -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
+func compare(t *testing.T, what string, doc, code []string) {
+	t.Helper()
+	slices.Sort(doc)
+	doc = slices.Compact(doc)
+	slices.Sort(code)
+	code = slices.Compact(code)
+	for _, id := range doc {
+		if !slices.Contains(code, id) {
+			t.Errorf("docs/protocol.md names %s %s, which no code in txn/ or recover/ names", what, id)
+		}
+	}
+	for _, id := range code {
+		if !slices.Contains(doc, id) {
+			t.Errorf("the code names %s %s, which docs/protocol.md does not have", what, id)
+		}
+	}
+}
