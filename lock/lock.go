@@ -213,7 +213,7 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 	if opts.Gate != "" && opts.Timeout != 0 {
 		// Queue at the gate (a single try needs no queue); a writer keeps it while it waits for the lock,
 		// so that readers arriving meanwhile wait behind it.
-		g, _, err := take(ctx, pfd, opts.Gate, Exclusive, opts.Timeout == 0)
+		g, _, err := take(ctx, pfd, opts.Gate, Exclusive, false)
 		if err != nil {
 			unix.Close(pfd)
 			return nil, gateError(err, path, opts.Mode)
@@ -245,9 +245,6 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 	}
 	return l, nil
 }
-
-// Path returns the lock file's path, as given to Acquire.
-func (l *Lock) Path() string { return l.path }
 
 // Release unlocks the lock and closes the lock file, which stays in place.
 // An exclusive holder first clears its record (truncates the file).

@@ -69,6 +69,3 @@ type Stats struct {
 	// whole subtree).
 	Excluded []string
 }
-
-// Entries is the number of entries in the shadow, its root excluded.
-func (s *Stats) Entries() int64 { return s.Dirs + s.Links + s.Copies + s.Symlinks }

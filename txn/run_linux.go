@@ -13,12 +13,6 @@ import (
 	"github.com/treetx/treetx/internal/command"
 )
 
-// Exit statuses Run reports for a command that did not run, as shells do.
-const (
-	StatusNotExecutable = command.StatusNotExecutable
-	StatusNotFound      = command.StatusNotFound
-)
-
 // InterruptedError reports a signal that reached Run before the command
 // started: the transaction was abandoned, the directory is untouched.
 type InterruptedError struct {
