@@ -1,11 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -79,65 +77,3 @@ func runRecover(args []string, o *recoverOptions, stdout, stderr io.Writer) erro
 	return codes.err()
 }
 
-// scanRoots returns the directories with leftovers under roots, sorted and
-// without duplicates. A root that cannot be walked whole is reported on
-// stderr and makes the exit status 125.
-func scanRoots(roots []string, codes *exitCodes, verb string, stderr io.Writer) []string {
-	var dirs []string
-	for _, root := range roots {
-		found, err := txrecover.Scan(root)
-		if err != nil {
-			fmt.Fprintf(stderr, "treetx: %s: %v\n", verb, err)
-			codes.add(exitTreetxError)
-		}
-		dirs = append(dirs, found...)
-	}
-	slices.Sort(dirs)
-	return slices.Compact(dirs)
-}
-
-// exitCodes combines the outcomes of several directories: 125 wins over 75,
-// which wins over 0.
-type exitCodes struct{ code int }
-
-func (c *exitCodes) add(code int) {
-	if c.code == exitOK || code == exitTreetxError {
-		c.code = code
-	}
-}
-
-func (c *exitCodes) err() error {
-	if c.code != exitOK {
-		return exitStatus(c.code)
-	}
-	return nil
-}
-
-// printReport prints one line (or one JSON object) for r. In text, a
-// directory that could not be inspected gets no line (its error goes to
-// stderr).
-func printReport(w io.Writer, r *txrecover.Report, asJSON, dryRun bool) {
-	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetEscapeHTML(false)
-		enc.Encode(r)
-		return
-	}
-	if r.State == txrecover.StateError {
-		return
-	}
-	line := fmt.Sprintf("%s: %s: %s", r.Dir, r.State, r.Found)
-	switch {
-	case r.Action == "":
-	case r.Done:
-		line += "; did: " + r.Action
-	case dryRun:
-		line += "; would: " + r.Action
-	default:
-		line += "; " + r.Action
-	}
-	if len(r.Lost) > 0 {
-		line += fmt.Sprintf("; the old content of %d file(s) is lost, failed tree kept at %s", len(r.Lost), r.Kept)
-	}
-	fmt.Fprintln(w, line)
-}

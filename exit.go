@@ -79,3 +79,21 @@ func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 		return nil
 	}
 }
+
+// exitCodes combines the outcomes of several directories: 125 wins over 75,
+// which wins over 0.
+type exitCodes struct{ code int }
+
+func (c *exitCodes) add(code int) {
+	if c.code == exitOK || code == exitTreetxError {
+		c.code = code
+	}
+}
+
+func (c *exitCodes) err() error {
+	if c.code != exitOK {
+		return exitStatus(c.code)
+	}
+	return nil
+}
+
