@@ -76,4 +76,3 @@ func runRecover(args []string, o *recoverOptions, stdout, stderr io.Writer) erro
 	}
 	return codes.err()
 }
-

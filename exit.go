@@ -96,4 +96,3 @@ func (c *exitCodes) err() error {
 	}
 	return nil
 }
-

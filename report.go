@@ -9,7 +9,6 @@ import (
 	"io"
 	"slices"
 
-
 	txrecover "github.com/treetx/treetx/recover"
 )
 
