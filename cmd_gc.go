@@ -62,11 +62,13 @@ person, or gc failed (125 wins over 75); 64 bad command line.`,
 func runGC(roots []string, o *gcOptions, stdout, stderr io.Writer) error {
 	var codes exitCodes
 	var sum gcSummary
+	progress := newProgressLine(stderr, false)
 	for _, dir := range scanRoots(roots, &codes, "gc", stderr) {
 		r, err := txrecover.GC(dir, txrecover.GCOptions{
-			Options:         txrecover.Options{DryRun: o.dryRun, NoFollow: true},
+			Options:         txrecover.Options{DryRun: o.dryRun, NoFollow: true, Progress: progress.report()},
 			FailedOlderThan: time.Duration(o.olderThan),
 		})
+		progress.clear()
 		if sum.add(r, o.dryRun) && o.json {
 			printReport(stdout, r, true, o.dryRun)
 		}

@@ -58,13 +58,15 @@ func runRecover(args []string, o *recoverOptions, stdout, stderr io.Writer) erro
 	if o.scan {
 		dirs = scanRoots(args, &codes, "recover", stderr)
 	}
+	progress := newProgressLine(stderr, false)
 	for _, dir := range dirs {
 		var r *txrecover.Report
 		err := notDirectory(dir)
 		if err != nil {
 			r = refusedReport(dir, err)
 		} else {
-			r, err = txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun, NoFollow: o.scan})
+			r, err = txrecover.Recover(dir, txrecover.Options{DryRun: o.dryRun, NoFollow: o.scan, Progress: progress.report()})
+			progress.clear()
 		}
 		printReport(stdout, r, o.json, o.dryRun)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -97,7 +98,14 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 	// message.
 	progress := newProgressLine(stderr, o.quiet)
 	if progress != nil {
-		opts.Progress = func(n int64) { progress.entries("building the shadow", n, 0) }
+		// A wait for the lock over a second is shown, naming the holder,
+		// as treetx lock does.
+		if n, err := lockNames(dir); err == nil {
+			stopWait := sync.OnceFunc(showLockWait(progress, n.Dir, n.Path(n.Lock)))
+			defer stopWait()
+			opts.Locked = stopWait
+		}
+		opts.Progress = progress.entries
 		opts.Started = func(*txn.Tx) { progress.clear() }
 	}
 	rr, err := txn.Run(ctx, dir, argv, opts)

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/treetx/treetx/txn"
 )
 
 // progressLine shows how a long phase is going on one line of a terminal,
@@ -66,6 +68,15 @@ func (p *progressLine) entries(phase string, done, total int64) {
 		line += fmt.Sprintf(", %s/s", thousands(int64(float64(done-p.n0)/dt.Seconds())))
 	}
 	p.draw(line)
+}
+
+// report returns p.entries as a txn.Progress, or nil when p is nil (no
+// terminal), so that the library counts nothing for nothing.
+func (p *progressLine) report() txn.Progress {
+	if p == nil {
+		return nil
+	}
+	return p.entries
 }
 
 // status shows line as it is.

@@ -137,6 +137,29 @@ for d in $(seq 25); do mkdir d$d; (cd d$d && touch $(seq 1000)); done`)
 			t.Errorf("treetx wrote after the command, on an ordinary commit:\n%q", out)
 		}
 	})
+	t.Run("every long phase", func(t *testing.T) {
+		// A rollback with every file checked, whose old tree is deleted
+		// before treetx exits: the check, the restore and the deletion
+		// each grow with the tree, and each is shown, with its total
+		// where it is known, and erased before treetx's last word.
+		term := newTerminal(t)
+		p := startOnTerminal(t, term, invocation{args: runArgs(tree, script("exit 1"), "--full-check", "--wait-cleanup")})
+		wantCode(t, p.wait(t), 1)
+		out := term.finish(t)
+		for _, want := range []string{
+			"\rtreetx: checking the linked files: 10,000 of 25,000 entries (40%)",
+			"\rtreetx: restoring the linked files' metadata: 20,000 of 25,000 entries (80%)",
+			"\rtreetx: deleting the thrown-away tree: 10,000 entries",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("no %q shown:\n%q", want, out)
+			}
+		}
+		last := strings.LastIndex(out, "\rtreetx: deleting")
+		if last < 0 || !strings.Contains(out[last:], "\r\x1b[K") {
+			t.Errorf("the last progress line is not erased:\n%q", out)
+		}
+	})
 	t.Run("quiet", func(t *testing.T) {
 		term := newTerminal(t)
 		p := startOnTerminal(t, term, invocation{args: runArgs(tree, script(command), "-q")})

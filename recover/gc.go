@@ -88,7 +88,7 @@ func expireFailed(r *Report, n txn.Names, fs fsys.FS, gc *GCOptions) error {
 	var errs []error
 	for _, name := range old {
 		id := strings.TrimPrefix(name, txn.Prefix+n.Base+".failed.")
-		if err := dropTree(fs, pfd, n, name, id); err != nil {
+		if err := dropTree(fs, gc.Progress, pfd, n, name, id); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -105,7 +105,7 @@ func expireFailed(r *Report, n txn.Names, fs fsys.FS, gc *GCOptions) error {
 // and the rename made durable, so that a crash leaves it whole under its old
 // name or under a name that says it is garbage, never half deleted under a
 // name that means something else.
-func dropTree(fs fsys.FS, pfd int, n txn.Names, name, id string) error {
+func dropTree(fs fsys.FS, progress txn.Progress, pfd int, n txn.Names, name, id string) error {
 	var st unix.Stat_t
 	if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -141,7 +141,7 @@ func dropTree(fs fsys.FS, pfd int, n txn.Names, name, id string) error {
 			return fmt.Errorf("fsync %s: %w", n.Parent, err)
 		}
 	}
-	return txn.RemoveTree(n, pfd, target, fs, nil)
+	return txn.RemoveTree(n, pfd, target, fs, nil, progress)
 }
 
 // newID returns a new 16-hex-digit id for a removal name.

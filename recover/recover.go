@@ -141,6 +141,10 @@ type Options struct {
 	DryRun bool
 	// FS performs every mutation; nil means fsys.OS.
 	FS txn.FS
+	// Progress, if set, reports the phases that grow with the tree
+	// (checking and restoring the linked files, deleting a tree), as
+	// txn.Options.Progress does.
+	Progress txn.Progress
 	// NoFollow takes the directory path as it is, in a parent whose path
 	// holds no symlink (as Scan returns them), rather than resolving
 	// symlinks: a directory that is a symlink is then refused (treetx's
@@ -281,7 +285,7 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	}
 	if r.Journal == nil {
 		defer lk.Release()
-		if err := removeGarbage(r, n, fs); err != nil {
+		if err := removeGarbage(r, n, fs, opts.Progress); err != nil {
 			err = fmt.Errorf("%s: remove leftovers: %w", n.Dir, err)
 			r.Error = err.Error()
 			return r, err
@@ -291,7 +295,7 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	}
 	// As root, the transaction of another user is finished with that
 	// user's identity: a planted journal can do no more than its planter.
-	res, err := txn.Finish(n, r.Journal, lk, opts.FS) // releases lk
+	res, err := txn.Finish(n, r.Journal, lk, opts.FS, opts.Progress) // releases lk
 	if res != nil {
 		r.Lost, r.Kept = res.Lost, res.Kept
 	}
@@ -340,7 +344,7 @@ func dryRun(n txn.Names, gc *GCOptions) (*Report, error) {
 // removeGarbage deletes the leftovers of a directory without a journal: a
 // tree under its removal name, after a durable rename to one if it has
 // another name; files simply.
-func removeGarbage(r *Report, n txn.Names, fs fsys.FS) error {
+func removeGarbage(r *Report, n txn.Names, fs fsys.FS, progress txn.Progress) error {
 	pfd, err := openDir(n.Parent)
 	if err != nil {
 		return err
@@ -348,7 +352,7 @@ func removeGarbage(r *Report, n txn.Names, fs fsys.FS) error {
 	defer unix.Close(pfd)
 	var errs []error
 	for _, name := range r.garbage {
-		if err := dropTree(fs, pfd, n, name, ""); err != nil {
+		if err := dropTree(fs, progress, pfd, n, name, ""); err != nil {
 			errs = append(errs, err)
 			continue
 		}

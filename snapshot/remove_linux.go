@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -25,12 +27,25 @@ import (
 // (another Remove of the same tree). Remove is idempotent; a crash leaves
 // part of the tree, which a later Remove finishes.
 func Remove(parent, name string, fs FS) error {
-	return RemoveAs(parent, name, fs, nil)
+	return RemoveWith(parent, name, RemoveOptions{FS: fs})
 }
 
-// RemoveAs is Remove with every goroutine that deletes calling enter first
-// (unless nil): creds.Worker, to delete with another user's identity.
-func RemoveAs(parent, name string, fs FS, enter func() error) error {
+// RemoveOptions configures RemoveWith.
+type RemoveOptions struct {
+	// FS performs every mutation; nil means the kernel's own calls.
+	FS FS
+	// Enter, if set, is called first by every goroutine that deletes (to
+	// delete with another user's identity: internal/creds.Worker).
+	Enter func() error
+	// Progress, if set, is called with the number of entries deleted so
+	// far, about every 10,000 (from the deleting goroutines, one call at a
+	// time).
+	Progress func(entries int64)
+}
+
+// RemoveWith is Remove with options.
+func RemoveWith(parent, name string, opts RemoveOptions) error {
+	fs, enter := opts.FS, opts.Enter
 	if fs == nil {
 		fs = fsys.OS{}
 	}
@@ -53,7 +68,7 @@ func RemoveAs(parent, name string, fs FS, enter func() error) error {
 		}
 		return nil
 	}
-	r := &remover{fs: fs, pfd: pfd, name: name, root: full}
+	r := &remover{fs: fs, pfd: pfd, name: name, root: full, progress: opts.Progress}
 	open := func() (err error) { r.rootFd, err = openDir(pfd, name); return err }
 	if err := r.retry(open(), pfd, name, full, open); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -73,12 +88,15 @@ func RemoveAs(parent, name string, fs FS, enter func() error) error {
 const removeWorkers = 4
 
 type remover struct {
-	fs     fsys.FS
-	pool   *pool
-	pfd    int    // the parent, open
-	name   string // the tree's name in the parent
-	root   string // the tree's path
-	rootFd int    // the tree, open
+	progress func(entries int64)
+	done     atomic.Int64
+	mu       sync.Mutex // serializes progress
+	fs       fsys.FS
+	pool     *pool
+	pfd      int    // the parent, open
+	name     string // the tree's name in the parent
+	root     string // the tree's path
+	rootFd   int    // the tree, open
 }
 
 // searchable gives directory name in dirfd its owner's read, write and
@@ -155,8 +173,18 @@ func (r *remover) list(w *worker, n *dirNode) error {
 		if err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove %s: %w", filepath.Join(full, e.name), err)
 		}
+		r.count()
 	}
 	return nil
+}
+
+// count counts an entry deleted, and reports progress every 10,000.
+func (r *remover) count() {
+	if d := r.done.Add(1); r.progress != nil && d%10000 == 0 {
+		r.mu.Lock()
+		r.progress(d)
+		r.mu.Unlock()
+	}
 }
 
 // post removes directory n, now empty.

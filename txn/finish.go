@@ -270,7 +270,7 @@ func (tx *Tx) changed(name string) ([]string, error) {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return nil, fmt.Errorf("stat manifest: %w", err)
 	}
-	return snapshot.Changed(rootfd, tx.n.Path(name), recs, st.Mtim)
+	return snapshot.Changed(rootfd, tx.n.Path(name), tx.counted(ProgressCheck, recs), st.Mtim)
 }
 
 // openShadow opens the shadow at name, without following a symlink, and
@@ -317,7 +317,7 @@ func (tx *Tx) restore(name string) error {
 		return fmt.Errorf("stat manifest: %w", err)
 	}
 	tx.step("R3", "restore metadata", root)
-	restored, skipped, err := snapshot.Restore(rootfd, root, recs, st.Mtim, tx.fs)
+	restored, skipped, err := snapshot.Restore(rootfd, root, tx.counted(ProgressRestore, recs), st.Mtim, tx.fs)
 	if err != nil {
 		return err
 	}
@@ -333,10 +333,13 @@ func (tx *Tx) restore(name string) error {
 // When this process is root and the journal another user's, every step is
 // taken with that user's file-system identity and no capabilities (package
 // internal/creds): a forged journal can do no more than its owner could.
-func Finish(n Names, j *Journal, lk *lock.Lock, fs FS) (*Result, error) {
+//
+// fs performs every mutation (nil: the kernel's own calls); progress, if
+// set, reports the long phases as Options.Progress does.
+func Finish(n Names, j *Journal, lk *lock.Lock, fs FS, progress Progress) (*Result, error) {
 	as := creds.For(j.Owner)
 	tx := newTx(n, lk, fs, nil)
-	tx.j = *j
+	tx.j, tx.progress = *j, progress
 	tx.enter = creds.Worker(as)
 	var err error
 	if tx.pfd, err = openDir(n.Parent); err != nil {

@@ -95,9 +95,15 @@ type Options struct {
 	Command []string
 	// FS performs every mutation; nil means fsys.OS.
 	FS FS
-	// Progress, if set, is called while the shadow is built with the number
-	// of entries made so far.
-	Progress func(entries int64)
+	// Progress, if set, is called every 10,000 entries or so of each
+	// phase that grows with the tree (building the shadow, checking and
+	// restoring the linked files, deleting a tree): the phase (one of the
+	// Phase... constants), the entries done, and how many there are in all
+	// (0 when not known).
+	Progress Progress
+	// Locked, if set, is called once the directory's lock is had (B1),
+	// before the shadow is built: the end of a wait a caller may show.
+	Locked func()
 	// Logger receives a debug line per step; nil discards.
 	Logger *slog.Logger
 	// AllowOwnerChange: see snapshot.Options.AllowOwnerChange.
@@ -134,6 +140,10 @@ type Tx struct {
 	// enter, if set, gives each goroutine that deletes a tree the identity
 	// the transaction is finished with (see Finish).
 	enter func() error
+	// progress reports long phases (Options.Progress); linked is how many
+	// files the shadow links, when this process built it.
+	progress Progress
+	linked   int64
 
 	// watch sees which files are touched from the build on; index finds
 	// their manifest records. Both nil without a watch.
@@ -210,11 +220,14 @@ func BeginContext(ctx context.Context, dir string, opts Options) (tx *Tx, err er
 	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lock.Options{
 		Mode: lock.Exclusive, Timeout: opts.lockTimeout(), Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd},
 	})
+	if opts.Locked != nil {
+		opts.Locked()
+	}
 	if err != nil {
 		return nil, err
 	}
 	tx = newTx(n, lk, opts.FS, opts.Logger)
-	tx.deferRm = opts.DeferRemoval
+	tx.deferRm, tx.progress = opts.DeferRemoval, opts.Progress
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, tx.abandon())
@@ -340,12 +353,12 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 	tx.step("B5", "build shadow", n.Incomplete)
 	stats, err := snapshot.Build(n.Dir, tx.pfd, n.Incomplete, snapshot.Options{
 		Context: ctx, FS: tx.fs, Exclude: exclude, Copy: copyM, Manifest: mw,
-		Progress: opts.Progress, Logger: tx.log, AllowOwnerChange: opts.AllowOwnerChange,
+		Progress: tx.progress.of(ProgressBuild, 0), Logger: tx.log, AllowOwnerChange: opts.AllowOwnerChange,
 	})
 	if err != nil {
 		return err
 	}
-	tx.leftOut = stats.Excluded
+	tx.leftOut, tx.linked = stats.Excluded, stats.Links
 	if err := mw.Close(); err != nil {
 		return fmt.Errorf("write manifest %s: %w", n.Path(n.Meta), err)
 	}
@@ -419,7 +432,9 @@ func (tx *Tx) nameForRemoval(name string) error {
 // of the directory n (to whom the shadows of root's transactions belong) is
 // deleted with that user's identity: it may have been planted, and root then
 // deletes no more of it than its owner could.
-func RemoveTree(n Names, pfd int, name string, fs FS, enter func() error) error {
+//
+// progress, if set, reports the deletion as Options.Progress does.
+func RemoveTree(n Names, pfd int, name string, fs FS, enter func() error, progress Progress) error {
 	if enter == nil && os.Geteuid() == 0 {
 		var st, dst unix.Stat_t
 		if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Uid != 0 &&
@@ -428,7 +443,54 @@ func RemoveTree(n Names, pfd int, name string, fs FS, enter func() error) error 
 			enter = creds.Worker(&id)
 		}
 	}
-	return snapshot.RemoveAs(n.Parent, name, fs, enter)
+	return snapshot.RemoveWith(n.Parent, name, snapshot.RemoveOptions{FS: fs, Enter: enter, Progress: progress.of(ProgressRemove, 0)})
+}
+
+// removeOptions are the options the transaction's own trees are deleted
+// with.
+func (tx *Tx) removeOptions() snapshot.RemoveOptions {
+	return snapshot.RemoveOptions{FS: tx.fs, Enter: tx.enter, Progress: tx.progress.of(ProgressRemove, 0)}
+}
+
+// Progress receives how a long phase of a transaction is going: see
+// Options.Progress.
+type Progress func(phase string, done, total int64)
+
+// The phases Progress names.
+const (
+	ProgressBuild   = "building the shadow"
+	ProgressCheck   = "checking the linked files"
+	ProgressRestore = "restoring the linked files' metadata"
+	ProgressRemove  = "deleting the thrown-away tree"
+)
+
+// of returns a snapshot progress function reporting phase (nil if p is).
+func (p Progress) of(phase string, total int64) func(int64) {
+	if p == nil {
+		return nil
+	}
+	return func(done int64) { p(phase, done, total) }
+}
+
+// counted reports every 10,000th record that recs yields as progress of
+// phase.
+func (tx *Tx) counted(phase string, recs snapshot.Records) snapshot.Records {
+	if tx.progress == nil {
+		return recs
+	}
+	total := int64(len(tx.touched))
+	if tx.all {
+		total = tx.linked
+	}
+	return func(fn func(snapshot.Record) error) error {
+		var n int64
+		return recs(func(r snapshot.Record) error {
+			if n++; n%10000 == 0 {
+				tx.progress(phase, n, total)
+			}
+			return fn(r)
+		})
+	}
 }
 
 // Dir is the directory of the transaction (resolved, absolute).
@@ -512,7 +574,7 @@ func (tx *Tx) discard() error {
 		tx.step("C4", "rename", n.Removing(tx.j.ID))
 		if err := tx.fs.Renameat2(tx.pfd, name, tx.pfd, n.Removing(tx.j.ID), unix.RENAME_NOREPLACE); err != nil {
 			tx.step("C4", "remove tree in place", name)
-			if rmErr := snapshot.RemoveAs(n.Parent, name, tx.fs, tx.enter); rmErr != nil {
+			if rmErr := snapshot.RemoveWith(n.Parent, name, tx.removeOptions()); rmErr != nil {
 				return errors.Join(fmt.Errorf("rename %s to %s: %w", n.Path(name), n.Removing(tx.j.ID), err), rmErr)
 			}
 			continue
@@ -575,10 +637,10 @@ func (tx *Tx) removeGarbage() error {
 		tx.step("C7", "remove tree", name)
 		if name == tx.n.Removing(tx.j.ID) {
 			// This transaction's own: the shadow or the failed tree.
-			errs = append(errs, snapshot.RemoveAs(tx.n.Parent, name, tx.fs, tx.enter))
+			errs = append(errs, snapshot.RemoveWith(tx.n.Parent, name, tx.removeOptions()))
 			continue
 		}
-		errs = append(errs, RemoveTree(tx.n, tx.pfd, name, tx.fs, tx.enter))
+		errs = append(errs, RemoveTree(tx.n, tx.pfd, name, tx.fs, tx.enter, tx.progress))
 	}
 	return errors.Join(errs...)
 }
