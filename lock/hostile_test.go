@@ -69,3 +69,15 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestHolderStringQuotesControls: a holder record another user wrote
+// cannot send escape sequences to a terminal through the wait message.
+func TestHolderStringQuotesControls(t *testing.T) {
+	h := Holder{PID: 1, Host: "h\x1b]0;pwned\x07", User: "u\x1b[2J", Command: []string{"cvs", "x\x1b[31m"}}
+	s := h.String()
+	for _, c := range s {
+		if c < ' ' || c == 0x7f {
+			t.Fatalf("String() = %q holds a control character", s)
+		}
+	}
+}

@@ -33,6 +33,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gofrs/flock"
 	"golang.org/x/sys/unix"
@@ -114,20 +116,17 @@ func (h Holder) String() string {
 			if i > 0 {
 				b.WriteByte(' ')
 			}
-			if strings.ContainsFunc(arg, func(r rune) bool { return r < ' ' || r == 0x7f }) {
-				arg = strconv.Quote(arg)
-			}
-			b.WriteString(arg)
+			b.WriteString(printable(arg))
 		}
 		b.WriteString(")")
 	}
 	if h.Host != "" {
 		b.WriteString(" on host ")
-		b.WriteString(h.Host)
+		b.WriteString(printable(h.Host))
 	}
 	if h.User != "" {
 		b.WriteString(" as user ")
-		b.WriteString(h.User)
+		b.WriteString(printable(h.User))
 	}
 	if !h.Since.IsZero() {
 		b.WriteString(" since ")
@@ -445,6 +444,16 @@ func ReadHolder(path string) (*Holder, error) {
 		h.Stale = !processRunning(h.PID, h.Since)
 	}
 	return h, nil
+}
+
+// printable quotes s if it holds a control character or invalid UTF-8:
+// a record another user wrote must not send escape sequences to the
+// terminal of whoever reads it.
+func printable(s string) string {
+	if !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) || r == utf8.RuneError }) {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // parseHolder decodes a holder record: nil for a blank one.

@@ -414,7 +414,7 @@ func busyReport(n txn.Names) *Report {
 	case h == nil:
 		who = "its lock is held by another process (a reader under treetx lock --shared, or a holder that has not recorded itself)"
 	case h.Running:
-		who = fmt.Sprintf("its lock is held by pid %d (%s) on %s as %s since %s", h.PID, showCommand(h.Command), h.Host, h.User, h.Since.UTC().Format(time.RFC3339))
+		who = fmt.Sprintf("its lock is held by pid %d (%s) on %s as %s since %s", h.PID, showCommand(h.Command), showCommand([]string{h.Host}), showCommand([]string{h.User}), h.Since.UTC().Format(time.RFC3339))
 	default:
 		who = fmt.Sprintf("its lock is held, not by pid %d (%s) recorded in the lock file, which has exited: by a process that inherited the lock from it, or by a reader", h.PID, showCommand(h.Command))
 	}
@@ -448,7 +448,7 @@ func classify(n txn.Names) (*Report, error) {
 	switch {
 	case jerr == nil:
 		r.Journal, r.Phase = j, j.Phase
-		who := fmt.Sprintf("transaction %s (pid %d on %s, %s, since %s)", j.ID, j.PID, j.Host, showCommand(j.Command), j.Start.Format(time.RFC3339))
+		who := fmt.Sprintf("transaction %s (pid %d on %s, %s, since %s)", j.ID, j.PID, showCommand([]string{j.Host}), showCommand(j.Command), j.Start.Format(time.RFC3339))
 		if problem := checkShadow(n, j, present); problem != "" {
 			r.State = StateNeedsPerson
 			r.Found = fmt.Sprintf("an interrupted %s in phase %s, but %s; nothing done: inspect it, and the names %s%s.* beside it", who, j.Phase, problem, txn.Prefix, n.Base)
