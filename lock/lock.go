@@ -528,9 +528,14 @@ func take(ctx context.Context, pfd int, path string, mode Mode, once bool) (*flo
 	f := flock.New(at, flock.SetFlag(os.O_CREATE|os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY), flock.SetPermissions(filePerm))
 	f, err := tryTake(ctx, f, path, mode, once)
 	if err != nil {
+		// Whatever the open said (ELOOP for a symlink, EISDIR, ENXIO for
+		// a socket, EACCES where a protection refused it), a name that is
+		// not a regular file with one link is refused as such.
 		var st unix.Stat_t
-		if (errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.ENXIO)) && safeopen.Lstat(pfd, filepath.Base(path), &st) == nil {
-			return nil, nil, fmt.Errorf("lock %s: %w", path, &safeopen.RefusedError{Path: path, Want: "a regular file", Got: safeopen.TypeName(st.Mode)})
+		if !errors.Is(err, errLockHeld) && safeopen.Lstat(pfd, filepath.Base(path), &st) == nil {
+			if cerr := safeopen.Check(path, &st, safeopen.Regular, safeopen.Rules{OneLink: true}); cerr != nil {
+				return nil, nil, fmt.Errorf("lock %s: %w", path, cerr)
+			}
 		}
 		return nil, nil, err
 	}

@@ -444,6 +444,18 @@ func classify(n txn.Names) (*Report, error) {
 		}
 	}
 	r.failed = present[txn.KindFailed]
+	// The gate is opened only by a locker that waits, never here; one
+	// that is not a regular file with one link would refuse every such
+	// locker, so it needs a person now, as the lock file would.
+	for _, name := range present[txn.KindGate] {
+		var st unix.Stat_t
+		if err := unix.Lstat(n.Path(name), &st); err == nil {
+			if err := safeopen.Check(n.Path(name), &st, safeopen.Regular, safeopen.Rules{OneLink: true}); err != nil {
+				r.State, r.Found = StateNeedsPerson, err.Error()
+				return r, nil
+			}
+		}
+	}
 	j, jerr := txn.ReadJournal(n.Path(n.Journal))
 	switch {
 	case jerr == nil:

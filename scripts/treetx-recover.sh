@@ -7,13 +7,48 @@
 # exactly as `treetx recover` does: the crash-state table of
 # docs/protocol.md, the same steps in the same order, the same fsyncs. It is
 # for machines without the binary and for early boot, and needs only a POSIX
-# sh, GNU coreutils (mv, rm, stat, sync, touch, chmod, chown, realpath, od),
-# sed, awk and util-linux flock(1). Extended attributes (POSIX ACLs among
-# them) are restored only when getfattr and setfattr (the attr package) are
-# present; without them they are not, and the output says so when the
-# manifest records any.
+# sh, GNU coreutils 8.24 or later (mv, rm, stat, sync, touch, chmod, chown,
+# realpath, od, dd), sed, awk, util-linux flock(1), and, run as root,
+# util-linux setpriv(1); Linux with /proc mounted. Extended attributes (POSIX
+# ACLs among them) are restored only when getfattr and setfattr (the attr
+# package) are present; without them they are not, and the output says so
+# when the manifest records any.
 #
 #   -n   dry run: say what would be done, change nothing (shared lock)
+#
+# It trusts nothing it finds beside DIR (the trust rules of docs/protocol.md;
+# it may run as root over a parent other users can write):
+# - T1: each of DIR's names is looked at with stat, never followed, before it
+#   is opened, and read only through dd iflag=nofollow,nonblock, bounded (the
+#   journal to 1 MiB, the lock's holder record to 64 KiB): a symlink, FIFO or
+#   socket never hangs it nor leads it elsewhere. The lock and the gate must
+#   be regular files with one link (the lock is written only through the
+#   descriptor it holds, after checking it is that file); the journal and the
+#   manifest regular files with one link, not writable by group or others,
+#   the manifest owned by the journal's owner; the shadow a directory owned
+#   by the journal's owner (any owner when that is root).
+# - T2: with no journal, a stale .journal.tmp or .meta that is not a
+#   directory is unlinked (only its name goes); a directory under any of
+#   DIR's names is renamed to a removal name and deleted, by root with the
+#   identity of the tree's owner when that is not root.
+# - T3: run as root on a journal another user owns, it takes the lock, then
+#   does all the rest under setpriv with that user's uid, gid and groups and
+#   no capabilities (the lock held by the descriptor it inherits): a state
+#   someone planted can do no more than that someone could.
+# - T4: every manifest record is checked before any is acted on: a relative
+#   path of at most 4096 bytes without NUL, empty, "." or ".." components,
+#   MODE at most 07777, UID and GID below 4294967295. Each record's path is
+#   followed only through directories (a symlink on the way is refused), and
+#   a record whose entry is a directory or a symlink is not that record's
+#   file; set-id bits are restored on regular files only.
+# - T5: whatever breaks these is "needs a person": one line naming the path
+#   and what was expected, exit 125, nothing changed.
+# Where sh must look at a name and then open or act on it in two steps,
+# someone who can rename entries in the parent (or, for a rollback of
+# root's own transaction, in the shadow) at that instant could still swap
+# it; the lock file is then caught by inode before it is written, and
+# opened read-write so that a FIFO cannot block it. The treetx binary has no
+# such window (openat2, O_NOFOLLOW, fchmodat).
 #
 # It takes DIR's lock (flock on PARENT/.#treetx.NAME.lock) without waiting:
 # a live transaction is left alone. It never installs a tree whose root is
@@ -299,8 +334,13 @@ END {
 }'
 
 # The manifest: checked whole before any record is acted on (a manifest
-# without its end line is incomplete). Prints "ok COUNT XATTRS" (XATTRS 1 if
-# a record has extended attributes) or "bad REASON".
+# without its end line is incomplete), each record confined to the shadow
+# (rule T4: a relative PATH of at most 4096 bytes, decoded, with no NUL and
+# no empty, "." or ".." component; MODE at most 07777; UID and GID below
+# 4294967295). Prints "ok COUNT XATTRS" (XATTRS 1 if a record has extended
+# attributes) or "bad REASON". With -v filter=1 it prints each record line
+# once it is checked instead, and "bad REASON" where one is not: the passes
+# that act on the records read them through it.
 # shellcheck disable=SC2016
 manifest_awk='
 function bad(m) { print "bad " m; failed = 1; exit 1 }
@@ -310,6 +350,32 @@ function escaped(s, extra,   t) {
 	if (t !~ /^[!-~]*$/ || index(t, "\\")) return 0
 	if (extra && (index(t, ",") || index(t, "="))) return 0
 	return 1
+}
+function oct(s,   k, v) {
+	v = 0
+	for (k = 1; k <= length(s); k++) v = v * 8 + substr(s, k, 1)
+	return v
+}
+# confined tells why an escaped path is not a relative path of at most 4096
+# bytes without NUL, empty, "." or ".." components ("" if it is one). It is
+# checked decoded: an escaped "/" or "." counts as one.
+function confined(e,   t, v, n, k, c) {
+	t = ""
+	while (match(e, /\\0[0-3][0-7][0-7]/)) {
+		v = oct(substr(e, RSTART + 2, 3))
+		if (v == 0) return "a NUL byte"
+		t = t substr(e, 1, RSTART - 1) (v == 46 ? "." : v == 47 ? "/" : "x")
+		e = substr(e, RSTART + RLENGTH)
+	}
+	t = t e
+	if (length(t) > 4096) return "a longer one"
+	if (substr(t, 1, 1) == "/") return "an absolute one"
+	n = split(t, c, "/")
+	for (k = 1; k <= n; k++) {
+		if (c[k] == "") return "an empty component"
+		if (c[k] == "." || c[k] == "..") return "a \"" c[k] "\" component"
+	}
+	return ""
 }
 NR == 1 { if ($0 != "# treetx manifest 1") bad("line 1 is not \"# treetx manifest 1\""); next }
 ended { bad("line " NR " after the end line") }
@@ -323,6 +389,8 @@ substr($0, 1, 6) == "# end " {
 	if (index($0, "  ") || substr($0, 1, 1) == " " || substr($0, length($0)) == " " || index($0, "\t")) bad("line " NR ": bad spacing")
 	if (split($0, f, " ") != 9) bad("line " NR ": want 9 fields")
 	if (f[1] !~ /^[0-9][0-9]*$/ || f[2] !~ /^[0-7][0-7]*$/ || f[3] !~ /^[0-9][0-9]*$/ || f[4] !~ /^[0-9][0-9]*$/ || f[5] !~ /^[0-9][0-9]*$/) bad("line " NR ": bad number")
+	if (oct(f[2]) > 4095) bad("line " NR ": mode " f[2] ": expected at most 07777")
+	if (f[3] + 0 >= 4294967295 || f[4] + 0 >= 4294967295) bad("line " NR ": owner " f[3] ":" f[4] ": expected a uid and a gid below 4294967295")
 	for (k = 6; k <= 7; k++) if (f[k] !~ /^-?[0-9][0-9]*\.[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]$/) bad("line " NR ": bad time")
 	if (f[8] != "-") {
 		xa = 1
@@ -333,13 +401,15 @@ substr($0, 1, 6) == "# end " {
 		}
 	}
 	if (!escaped(f[9], 0) || f[9] == "") bad("line " NR ": bad path")
+	if ((why = confined(f[9])) != "") bad("line " NR ": path " f[9] ": expected a relative path of at most 4096 bytes, with no NUL and no empty, \".\" or \"..\" component, found " why)
 	count++
+	if (filter) print
 }
 END {
 	if (failed) exit 1
 	if (NR == 0) bad("empty")
 	if (!ended) bad("no end line after " count " records")
-	print "ok " count " " (xa ? 1 : 0)
+	if (!filter) print "ok " count " " (xa ? 1 : 0)
 }'
 
 # Functions of the planning programs below.
@@ -433,12 +503,15 @@ END {
 
 # Restoring a batch of records (snapshot.Restore): ENVIRON["TREETX_RECS"]
 # holds the manifest lines, ENVIRON["TREETX_STATS"] stat's line for each of
-# their paths under ENVIRON["TREETX_ROOT"], in order, and standard input
+# their paths under ENVIRON["TREETX_ROOT"] (ending in the raw mode, %f), in
+# order, and standard input
 # getfattr -d -e hex --absolute-names of them all when TREETX_XON is 1. For
 # each record, in order and in Go's order within it, prints "chown UID:GID
 # ESC", "xset ESC 0xHEX NAME", "xdel ESC - NAME", "chmod MODE ESC" and
 # "touch TIME ESC" (ESC the manifest-escaped path); or "fallback" when the
-# lines do not pair up.
+# lines do not pair up. An entry that is a directory or a symlink is not the
+# record's file, whatever its inode; set-id bits are given to regular files
+# only.
 # shellcheck disable=SC2016
 restore_awk=$lib_awk$plan_lib'
 /^# file: / { key = canon(substr($0, 9), 0); next }
@@ -451,25 +524,30 @@ END {
 	if (nr != ns) { print "fallback"; exit 0 }
 	root = canon(ENVIRON["TREETX_ROOT"], 0)
 	for (i = 1; i <= nr; i++) {
-		if (split(R[i], r, " ") != 9 || split(T[i], t, " ") != 13) { print "fallback"; exit 0 }
+		if (split(R[i], r, " ") != 9 || split(T[i], t, " ") != 14) { print "fallback"; exit 0 }
 		if (t[1] != r[1]) continue # another inode: not the shadow
+		ft = int(hexval(t[14]) / 4096)
+		if (ft == 4 || ft == 10) continue # a directory or a symlink: not a linked file
 		e = r[9]
 		cm = oct(t[2])
 		if (t[3] != r[3] || t[4] != r[4]) {
 			print "chown " r[3] ":" r[4] " " e
 			cm -= (int(cm / 2048) % 2) * 2048 + (int(cm / 1024) % 2) * 1024
 		}
+		want = oct(r[2])
+		if (ft != 8) want -= (int(want / 2048) % 2) * 2048 + (int(want / 1024) % 2) * 1024
 		x = 0
 		if (ENVIRON["TREETX_XON"] == 1) x = xplan(root "/" e, r[8], "xset " e " ", "xdel " e " - ", "")
-		if (x || cm != oct(r[2])) print "chmod " r[2] " " e
+		if (x || cm != want) print "chmod " sprintf("%o", want) " " e
 		if (t[5] == r[5] && t[10] "." frac(t[12]) == r[7] && t[6] "." frac(t[8]) != r[6]) print "touch " realtime(r[6]) " " e
 	}
 }'
 
 # Checking a batch of records (snapshot.Changed): TREETX_RECS and
-# TREETX_STATS as for restore_awk, stat giving "%i %s %Y %y". Prints "lost
-# ESC" for each file whose size or mtime differ from the record, "error
-# MESSAGE" for one that is another inode, or "fallback".
+# TREETX_STATS as for restore_awk, stat giving "%i %s %Y %y %f". Prints
+# "lost ESC" for each file whose size or mtime differ from the record,
+# "error MESSAGE" for one that is another inode, a directory or a symlink,
+# or "fallback".
 # shellcheck disable=SC2016
 changed_awk=$lib_awk$plan_lib'
 END {
@@ -479,12 +557,39 @@ END {
 	while (ns > 0 && T[ns] == "") ns--
 	if (nr != ns) { print "fallback"; exit 0 }
 	for (i = 1; i <= nr; i++) {
-		if (split(R[i], r, " ") != 9 || split(T[i], t, " ") != 6) { print "fallback"; exit 0 }
+		if (split(R[i], r, " ") != 9 || split(T[i], t, " ") != 7) { print "fallback"; exit 0 }
 		if (t[1] != r[1]) {
 			print oneline("error check " ENVIRON["TREETX_ROOT"] "/" unesc(r[9]) ": inode " t[1] ", the manifest says " r[1] ": the shadow was changed by name")
 			exit 0
 		}
+		ft = int(hexval(t[7]) / 4096)
+		if (ft == 4 || ft == 10) {
+			print oneline("error check " ENVIRON["TREETX_ROOT"] "/" unesc(r[9]) ": inode " t[1] " is " (ft == 4 ? "a directory" : "a symbolic link") ", the manifest records a linked file: the shadow was changed by name")
+			exit 0
+		}
 		if (t[2] != r[5] || t[3] "." frac(t[5]) != r[7]) print "lost " r[9]
+	}
+}'
+
+# Verifying a batch of records (rule T4): TREETX_RECS and TREETX_STATS as
+# for restore_awk, stat giving "%i %f". Prints "error MESSAGE" for a record
+# whose inode is there as a directory or a symlink, or "fallback".
+# shellcheck disable=SC2016
+verify_awk=$lib_awk$plan_lib'
+END {
+	nr = split(ENVIRON["TREETX_RECS"], R, "\n")
+	ns = split(ENVIRON["TREETX_STATS"], T, "\n")
+	while (nr > 0 && R[nr] == "") nr--
+	while (ns > 0 && T[ns] == "") ns--
+	if (nr != ns) { print "fallback"; exit 0 }
+	for (i = 1; i <= nr; i++) {
+		if (split(R[i], r, " ") != 9 || split(T[i], t, " ") != 2) { print "fallback"; exit 0 }
+		if (t[1] != r[1]) continue
+		ft = int(hexval(t[2]) / 4096)
+		if (ft == 4 || ft == 10) {
+			print oneline("error " ENVIRON["TREETX_ROOT"] "/" unesc(r[9]) ": expected the linked file the manifest records (inode " r[1] "), found " (ft == 4 ? "a directory" : "a symbolic link"))
+			exit 0
+		}
 	}
 }'
 
@@ -493,10 +598,24 @@ usage() {
 	exit 64
 }
 
-dry=0
+# Two internal forms, run through setpriv with another user's identity:
+#   --as-owner UID DIR   recover DIR, whose lock is held on descriptor 9 and
+#                        whose journal UID owns (rule T3)
+#   --remove-tree PATH   delete the tree at PATH (rule T2)
+dry=0 as_owner='' remove_only=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n | --dry-run) dry=1; shift ;;
+	--as-owner)
+		[ $# -eq 3 ] || usage
+		as_owner=$2
+		shift 2
+		break ;;
+	--remove-tree)
+		[ $# -eq 2 ] || usage
+		remove_only=1
+		shift
+		break ;;
 	-h | --help)
 		sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
 		exit 0 ;;
@@ -507,12 +626,20 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || usage
 
-for tool in flock mv rm stat sync touch chmod chown realpath od tr wc id date uname awk sed grep; do
+am_root=0
+[ "$(id -u 2>/dev/null)" = 0 ] && am_root=1
+tools="flock mv rm stat sync touch chmod chown realpath od tr wc id date uname awk sed grep dd cat"
+[ "$am_root" = 1 ] && tools="$tools setpriv"
+for tool in $tools; do
 	if ! command -v "$tool" >/dev/null 2>&1; then
-		printf '%s: %s not found: it is needed (coreutils, sed, awk, util-linux flock)\n' "$prog" "$tool" >&2
+		printf '%s: %s not found: it is needed (coreutils, sed, awk, util-linux flock and, as root, setpriv)\n' "$prog" "$tool" >&2
 		exit 125
 	fi
 done
+if ! [ -d /proc/self/fd ]; then
+	printf '%s: /proc is not mounted: it is needed to check what a descriptor holds\n' "$prog" >&2
+	exit 125
+fi
 if ! sync --help 2>/dev/null | grep -q -e '--file-system'; then
 	printf '%s: this sync has no --file-system (syncfs): coreutils 8.24 or later is needed\n' "$prog" >&2
 	exit 125
@@ -525,16 +652,145 @@ have_exchange=0
 if mv --help 2>/dev/null | grep -q -e '--exchange'; then
 	have_exchange=1
 fi
-am_root=0
-[ "$(id -u 2>/dev/null)" = 0 ] && am_root=1
 
 nl='
 '
+soh=$(printf '\001')
 
 # ---------------------------------------------------------------------------
 # Helpers. Functions that can fail set why and return 1.
 
 exists() { [ -e "$1" ] || [ -L "$1" ]; }
+
+# look PATH looks at a name without following it (lstat) and sets lk_type
+# (reg, dir, lnk, fifo, sock, chr, blk, other; none when it cannot), lk_mode
+# (the raw mode, hex), lk_links, lk_uid, lk_perm (octal), lk_id ("DEV
+# INO"), lk_size and lk_ctime.
+look() {
+	lk_type=none lk_mode='' lk_links=0 lk_uid='' lk_perm=0 lk_id='' lk_size=0 lk_ctime=''
+	lk_out=$(stat -c '%f %h %u %a %d %i %s %z' -- "$1" 2>/dev/null </dev/null) || return 1
+	IFS=' ' read -r lk_mode lk_links lk_uid lk_perm lk_dev lk_ino lk_size lk_ctime <<EOF
+$lk_out
+EOF
+	lk_id="$lk_dev $lk_ino"
+	typeof "$lk_mode"
+	lk_type=$ty
+}
+
+# typeof sets ty to the type word of a raw mode (stat %f).
+typeof() {
+	case $1 in
+	'' | *[!0-9a-f]*) ty=other; return ;;
+	esac
+	case $((0x$1 & 61440)) in
+	32768) ty=reg ;;
+	16384) ty=dir ;;
+	40960) ty=lnk ;;
+	4096) ty=fifo ;;
+	49152) ty=sock ;;
+	8192) ty=chr ;;
+	24576) ty=blk ;;
+	*) ty=other ;;
+	esac
+}
+
+# kind sets kd to a type word in words.
+kind() {
+	case $1 in
+	reg) kd="a regular file" ;;
+	dir) kd="a directory" ;;
+	lnk) kd="a symbolic link" ;;
+	fifo) kd="a FIFO" ;;
+	sock) kd="a socket" ;;
+	chr) kd="a character device" ;;
+	blk) kd="a block device" ;;
+	*) kd="a file of unknown type" ;;
+	esac
+}
+
+# check_file PATH [private [OWNER]] applies rule T1 to one of DIR's files:
+# it must be a regular file with one link; private: not writable by group
+# or others; OWNER: owned by that uid. If it is not, bad names PATH, what
+# was expected and what is there, and it returns 1. It leaves look's
+# variables set.
+check_file() {
+	cf_want="a regular file with one link"
+	[ "${2-}" = private ] && cf_want="$cf_want, not writable by group or others"
+	[ -n "${3-}" ] && cf_want="$cf_want, owned by uid $3 (the journal's owner)"
+	if ! look "$1"; then
+		bad="$1: expected $cf_want, found nothing that can be looked at"
+		return 1
+	fi
+	if [ "$lk_type" != reg ]; then
+		kind "$lk_type"
+		bad="$1: expected $cf_want, found $kd"
+		return 1
+	fi
+	if [ "$lk_links" != 1 ]; then
+		bad="$1: expected $cf_want, found a regular file with $lk_links links"
+		return 1
+	fi
+	if [ "${2-}" = private ] && [ $((0$lk_perm & 18)) -ne 0 ]; then
+		bad="$1: expected $cf_want, found mode $lk_perm"
+		return 1
+	fi
+	if [ -n "${3-}" ] && [ "$lk_uid" != "$3" ]; then
+		bad="$1: expected $cf_want, found one owned by uid $lk_uid"
+		return 1
+	fi
+}
+
+# safe_read PATH [MAX] copies a file (at most MAX bytes) to standard output,
+# opening it with O_NOFOLLOW|O_NONBLOCK: a symlink gives nothing, nor does a
+# FIFO, without waiting.
+safe_read() {
+	if [ $# -gt 1 ]; then
+		dd if="$1" iflag=nofollow,nonblock,fullblock bs="$2" count=1 status=none 2>/dev/null </dev/null
+	else
+		dd if="$1" iflag=nofollow,nonblock bs=65536 status=none 2>/dev/null </dev/null
+	fi
+}
+
+# fd9_is PATH tells whether descriptor 9 holds the file at PATH, a regular
+# file with one link; fd9_looked the same, of the file look last looked at.
+fd9_is() {
+	look "$1" && fd9_looked
+}
+
+fd9_looked() {
+	[ "$lk_type" = reg ] && [ "$lk_links" = 1 ] &&
+		[ "$(stat -L -c '%f %h %d %i' /proc/self/fd/9 2>/dev/null)" = "$lk_mode 1 $lk_id" ]
+}
+
+# as_user UID CMD... runs CMD with the identity of UID (rule T3): that uid,
+# its primary gid and groups from the passwd database (else gid UID and no
+# groups), no capabilities, no new privileges. Descriptors are inherited.
+as_user() {
+	au=$1
+	shift
+	ent=$(getent passwd "$au" 2>/dev/null) ||
+		ent=$(awk -F: -v u="$au" '$3 == u { print; exit }' /etc/passwd 2>/dev/null)
+	ag='' grp=--clear-groups
+	case $ent in
+	*:*:*:*)
+		ag=${ent#*:*:*:}
+		ag=${ag%%:*}
+		grp=--init-groups ;;
+	esac
+	case $ag in '' | *[!0-9]*) ag=$au grp=--clear-groups ;; esac
+	setpriv --reuid="$au" --regid="$ag" "$grp" --inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"
+}
+
+# self_body sets body to this script's text, to run it as another user with
+# sh -c (who may not be able to read the file).
+self_body() {
+	body=$(cat -- "$0" 2>/dev/null)
+	case $body in
+	*"prog=treetx-recover.sh"*) return 0 ;;
+	esac
+	why="cannot read this script ($0) to run it as another user"
+	return 1
+}
 
 # fileid prints "DEV INO" of a path, not following a symlink.
 fileid() { stat -c '%d %i' -- "$1" 2>/dev/null; }
@@ -623,15 +879,34 @@ make_removable() (
 	done
 )
 
-# remove_tree deletes a tree under a removal name, never following symlinks.
-remove_tree() {
+# remove_here deletes a tree under a removal name, never following symlinks
+# nor crossing into another file system.
+remove_here() {
 	if [ "$am_root" = 0 ] && [ -d "$1" ] && ! [ -L "$1" ]; then
 		make_removable "$1" 2>/dev/null
 	fi
 	run rm -rf --one-file-system -- "$1" || { why="remove $1: $out"; return 1; }
 }
 
-# remove_garbage deletes every tree named for removal (txn's removeGarbage).
+# remove_tree PATH [owner] deletes a tree under a removal name. With owner,
+# run as root, a directory whose owner is not root is deleted with that
+# owner's identity (rule T2: a tree someone else made is deleted with no
+# more rights than theirs).
+remove_tree() {
+	if [ "${2-}" = owner ] && [ "$am_root" = 1 ] && look "$1" && [ "$lk_type" = dir ] && [ "$lk_uid" != 0 ]; then
+		rt_uid=$lk_uid
+		[ -n "${body-}" ] || self_body || return 1
+		out=$(as_user "$rt_uid" sh -c "$body" "$0" --remove-tree "$1" 2>&1 </dev/null) ||
+			{ why="remove $1 as uid $rt_uid, its owner: $out"; return 1; }
+		return 0
+	fi
+	remove_here "$1"
+}
+
+# remove_garbage deletes every tree named for removal (txn's
+# removeGarbage), as for remove_tree with owner: but the journal's own
+# (removing.ID of the transaction being finished), which is deleted with the
+# identity recovery has (root for root's journal, its owner's under rule T3).
 remove_garbage() {
 	for f in "$pp"/.[#]treetx.*; do
 		b=${f##*/}
@@ -639,7 +914,11 @@ remove_garbage() {
 		"$pre"removing.*) is_id "${b#"$pre"removing.}" || continue ;;
 		*) continue ;;
 		esac
-		remove_tree "$f" || return 1
+		if [ -n "$jid" ] && [ "$b" = "${pre}removing.$jid" ]; then
+			remove_tree "$f" || return 1
+		else
+			remove_tree "$f" owner || return 1
+		fi
 	done
 }
 
@@ -676,66 +955,172 @@ discard() {
 	finish
 }
 
+# check_manifest reads the manifest through (once a run: the passes that
+# act on it check each record again as they read it).
 check_manifest() {
-	mres=$(awk "$manifest_awk" "$M" 2>&1 </dev/null) || { why="manifest $M: ${mres#bad }"; return 1; }
+	[ "$manifest_ok" = 1 ] && return 0
+	mres=$(safe_read "$M" | awk "$manifest_awk" 2>&1) || { why="manifest $M: ${mres#bad }"; return 1; }
 	case $mres in
-	"ok "*) ;;
+	"ok "*) manifest_ok=1 ;;
 	*) why="manifest $M: ${mres#bad }"; return 1 ;;
 	esac
 }
 
-# for_batches WHAT ROOT: calls WHAT_batch for the manifest's records in batches,
-# with recs holding their lines and the positional parameters their paths
-# under ROOT (decoded: printf %b reads the \0NNN escapes).
+# for_batches WHAT ROOT calls WHAT_batch for the manifest's records in
+# batches, with recs holding their lines and the positional parameters their
+# paths under ROOT (decoded: printf %b reads the \0NNN escapes). The
+# manifest is read with safe_read, each record checked again (manifest_awk
+# -v filter=1) before it is passed on. The batches run in a subshell at the
+# end of a pipe (read_batches): what they report is printed, one line each,
+# then "ok"; or "fail" and why.
 for_batches() {
 	fn=$1 root=$2
+	safe_read "$M" | awk -v filter=1 "$manifest_awk" 2>&1 | read_batches
+}
+
+read_batches() {
 	recs='' cnt=0
 	set --
-	while IFS= read -r rline <&3; do
-		case $rline in '#'*) continue ;; esac
+	while IFS= read -r rline; do
+		case $rline in
+		'#'*) continue ;;
+		"bad "*) printf 'fail\n%s\n' "manifest $M: ${rline#bad }"; return 1 ;;
+		esac
 		recs=$recs$rline$nl
 		decode "${rline##* }"
 		set -- "$@" "$root/$dp"
 		cnt=$((cnt + 1))
 		if [ "$cnt" -ge 256 ] || [ ${#recs} -ge 32768 ]; then
-			batch "$@" || return 1
+			batch "$@" || { printf 'fail\n%s\n' "$why"; return 1; }
 			recs='' cnt=0
 			set --
 		fi
-	done 3<"$M"
-	[ "$cnt" -eq 0 ] || batch "$@"
+	done
+	if [ "$cnt" -gt 0 ]; then
+		batch "$@" || { printf 'fail\n%s\n' "$why"; return 1; }
+	fi
+	echo ok
+}
+
+# batches WHAT ROOT runs for_batches and sets bres to what the batches
+# printed; it returns 1, with why set, if they failed.
+batches() {
+	bres=$(for_batches "$1" "$2")
+	case $nl$bres in
+	*"${nl}fail${nl}"*)
+		why=${bres#*"${nl}fail${nl}"}
+		case $bres in fail"$nl"*) why=${bres#fail"$nl"} ;; esac
+		return 1 ;;
+	*"${nl}ok")
+		bres=${bres%ok}
+		return 0 ;;
+	esac
+	why="$1 $2: the manifest $M could not be read through"
+	return 1
 }
 
 batch() {
 	case $fn in
+	verify) verify_batch "$@" ;;
 	changed) changed_batch "$@" ;;
 	restore) restore_batch "$@" ;;
 	esac
 }
 
+# prefix_check checks (rule T4) that what is on the way to each of the
+# batch's records, below root, is a directory where it exists: not a
+# symlink, nor anything else. It sets why and returns 1 if it is not.
+prefix_check() {
+	pl=$(printf '%s' "$recs" | awk '{
+		n = split($9, c, "/"); s = ""
+		for (k = 1; k < n; k++) { s = s (k > 1 ? "/" : "") c[k]; if (!(s in seen)) { seen[s] = 1; print s } }
+	}')
+	[ -n "$pl" ] || return 0
+	set --
+	while IFS= read -r e; do
+		decode "$e"
+		set -- "$@" "$root/$dp"
+	done <<EOF
+$pl
+EOF
+	if pst=$(stat -c '%f' -- "$@" 2>/dev/null </dev/null); then
+		pdirs=1
+		while IFS= read -r e; do
+			case $e in 4[0-9a-f][0-9a-f][0-9a-f]) ;; *) pdirs=0 ;; esac
+		done <<EOF
+$pst
+EOF
+		[ "$pdirs" = 1 ] && return 0
+	fi
+	for e; do
+		pst=$(stat -c '%f' -- "$e" 2>/dev/null </dev/null) || continue # missing
+		typeof "$pst"
+		[ "$ty" = dir ] && continue
+		kind "$ty"
+		why="$e: expected a directory on the way to the files of the manifest, found $kd"
+		return 1
+	done
+}
+
+# verify checks, before anything is done (rule T4), that no record of the
+# manifest is reached through anything but directories below the shadow at
+# $1, and that no record's inode is there as a directory or a symlink.
+verify() {
+	batches verify "$1"
+}
+
+verify_batch() {
+	prefix_check || return 1
+	if st=$(stat -c '%i %f' -- "$@" 2>/dev/null </dev/null); then
+		res=$(TREETX_ROOT=$root TREETX_RECS=$recs TREETX_STATS=$st awk "$verify_awk" </dev/null) || { why="verify: awk failed"; return 1; }
+		case $res in
+		fallback*) ;;
+		error*) why=${res#error }; return 1 ;;
+		*) return 0 ;;
+		esac
+	fi
+	while IFS=' ' read -r r_ino r_mode r_uid r_gid r_size r_at r_mt r_xa r_path; do
+		[ -n "$r_ino" ] || continue
+		decode "$r_path"
+		p=$root/$dp
+		out=$(stat -c '%i %f' -- "$p" 2>/dev/null </dev/null) || continue # missing
+		[ "${out% *}" = "$r_ino" ] || continue
+		typeof "${out#* }"
+		case $ty in
+		dir | lnk)
+			kind "$ty"
+			why="$p: expected the linked file the manifest records (inode $r_ino), found $kd"
+			return 1 ;;
+		esac
+	done <<EOF
+$recs
+EOF
+}
+
 # changed sets lost to the manifest-escaped paths (one a line) of the linked
 # files of the shadow at $1 whose size or mtime differ from the record: they
-# were written in place (snapshot.Changed). A recorded path that is missing
-# or another inode is an error.
+# were written in place (snapshot.Changed). A recorded path that is missing,
+# another inode, a directory or a symlink is an error.
 changed() {
 	lost='' nlost=0
-	for_batches changed "$1"
+	batches changed "$1" || return 1
+	while IFS=' ' read -r op e; do
+		[ "$op" = lost ] || continue
+		lost=$lost$e$nl
+		nlost=$((nlost + 1))
+	done <<EOF
+$bres
+EOF
 }
 
 changed_batch() {
-	if st=$(stat -c '%i %s %Y %y' -- "$@" 2>/dev/null </dev/null); then
+	if st=$(stat -c '%i %s %Y %y %f' -- "$@" 2>/dev/null </dev/null); then
 		res=$(TREETX_ROOT=$root TREETX_RECS=$recs TREETX_STATS=$st awk "$changed_awk" </dev/null) || { why="check: awk failed"; return 1; }
 		case $res in
 		fallback*) ;;
 		error*) why=${res#error }; return 1 ;;
 		*)
-			while IFS=' ' read -r op e; do
-				[ "$op" = lost ] || continue
-				lost=$lost$e$nl
-				nlost=$((nlost + 1))
-			done <<EOF
-$res
-EOF
+			printf '%s\n' "$res"
 			return 0 ;;
 		esac
 	fi
@@ -748,7 +1133,7 @@ changed_slow() {
 		[ -n "$r_ino" ] || continue
 		decode "$r_path"
 		p=$root/$dp
-		run stat -c '%i %s %Y %y' -- "$p" || { why="check $p: $out"; return 1; }
+		run stat -c '%i %s %Y %y %f' -- "$p" || { why="check $p: $out"; return 1; }
 		set -f
 		# shellcheck disable=SC2086 # split stat's fields
 		set -- $out
@@ -757,10 +1142,16 @@ changed_slow() {
 			why="check $p: inode $1, the manifest says $r_ino: the shadow was changed by name"
 			return 1
 		fi
+		typeof "$7"
+		case $ty in
+		dir | lnk)
+			kind "$ty"
+			why="check $p: inode $1 is $kd, the manifest records a linked file: the shadow was changed by name"
+			return 1 ;;
+		esac
 		frac "$5"
 		if [ "$2" != "$r_size" ] || [ "$3.$fr" != "$r_mt" ]; then
-			lost=$lost$r_path$nl
-			nlost=$((nlost + 1))
+			printf 'lost %s\n' "$r_path"
 		fi
 	done <<EOF
 $recs
@@ -772,11 +1163,12 @@ EOF
 # of files written in place (snapshot.Restore). Idempotent. A record whose
 # path is missing or is another inode is skipped.
 restore() {
-	for_batches restore "$1"
+	batches restore "$1"
 }
 
 restore_batch() {
-	if st=$(stat -c '%i %a %u %g %s %X %x %Y %y' -- "$@" 2>/dev/null </dev/null); then
+	prefix_check || return 1
+	if st=$(stat -c '%i %a %u %g %s %X %x %Y %y %f' -- "$@" 2>/dev/null </dev/null); then
 		xa=''
 		if [ "$have_xattr" = 0 ] || xa=$(getfattr -h -d -m - -e hex --absolute-names -- "$@" 2>/dev/null </dev/null); then
 			res=$(printf '%s\n' "$xa" | TREETX_ROOT=$root TREETX_RECS=$recs TREETX_STATS=$st TREETX_XON=$have_xattr awk "$restore_awk") || { why="restore: awk failed"; return 1; }
@@ -857,7 +1249,7 @@ restore_slow() {
 		[ -n "$r_ino" ] || continue
 		decode "$r_path"
 		p=$root/$dp
-		if ! run stat -c '%i %a %u %g %s %X %x %Y %y' -- "$p"; then
+		if ! run stat -c '%i %a %u %g %s %X %x %Y %y %f' -- "$p"; then
 			case $out in *"No such file or directory"*) continue ;; esac
 			why="restore $p: $out"
 			return 1
@@ -867,8 +1259,12 @@ restore_slow() {
 		set -- $out
 		set +f
 		# $1 ino $2 mode $3 uid $4 gid $5 size $6 atime $8 its time of day
-		# $10 mtime $12 its time of day
+		# $10 mtime $12 its time of day, $14 the raw mode
 		[ "$1" = "$r_ino" ] || continue
+		typeof "${14}"
+		case $ty in dir | lnk) continue ;; esac # not a linked file
+		want=$((0$r_mode))
+		[ "$ty" = reg ] || want=$((want & ~06000)) # set-id bits: regular files only
 		cm=$((0$2))
 		if [ "$3" != "$r_uid" ] || [ "$4" != "$r_gid" ]; then
 			run chown -h "+$r_uid:+$r_gid" -- "$p" || { why="restore owner of $p: $out"; return 1; }
@@ -878,8 +1274,8 @@ restore_slow() {
 		if [ "$have_xattr" = 1 ]; then
 			sync_xattrs || return 1
 		fi
-		if [ "$xdid" = 1 ] || [ "$cm" -ne $((0$r_mode)) ]; then
-			run chmod -- "$r_mode" "$p" || { why="restore mode of $p: $out"; return 1; }
+		if [ "$xdid" = 1 ] || [ "$cm" -ne "$want" ]; then
+			run chmod -- "$(printf '%o' "$want")" "$p" || { why="restore mode of $p: $out"; return 1; }
 		fi
 		frac "$8"
 		at=$6.$fr
@@ -959,13 +1355,23 @@ put_back() {
 # temporary, write it, fsync it, rename it over the journal, fsync P.
 write_journal() {
 	run rm -f -- "$JT" || { why="journal: remove stale $JT: $out"; return 1; }
-	if ! (set -C && printf '%s\n' "$1" >"$JT") 2>/dev/null; then
+	# dd conv=excl: O_CREAT|O_EXCL, which never follows a symlink nor opens
+	# what another process put there meanwhile.
+	if ! printf '%s\n' "$1" | dd of="$JT" conv=excl status=none 2>/dev/null; then
 		why="journal: create $JT failed"
 		return 1
 	fi
 	run sync -- "$JT" || { why="journal: write $JT: $out"; return 1; }
 	run mv -f -T -- "$JT" "$J" || { why="journal: rename $J: $out"; return 1; }
 	fsync_parent || { why="journal: $why"; return 1; }
+}
+
+# rewrite_journal prints the journal read (jtext) with phase rollback and
+# the lost list.
+rewrite_journal() {
+	printf '%s' "$lost" | awk -v mode=rewrite "$journal_awk" /dev/fd/3 - 3<<EOF
+$jtext
+EOF
 }
 
 # rollback rolls back a transaction whose command had not finished: list
@@ -975,7 +1381,7 @@ rollback() {
 	expect_shadow_at "$CPL" || return 1
 	check_manifest || return 1
 	changed "$CPL" || return 1
-	newj=$(printf '%s' "$lost" | awk -v mode=rewrite "$journal_awk" "$J" - 2>&1) || { why="journal $J: $newj"; return 1; }
+	newj=$(rewrite_journal 2>&1) || { why="journal $J: $newj"; return 1; }
 	write_journal "$newj" || return 1
 	put_back
 }
@@ -984,11 +1390,15 @@ rollback() {
 # The lock.
 
 # lock_record writes a holder record into the lock file (as lock.Acquire
-# does), or clears it; only while the path still names the locked file.
+# does, right after lock checked what descriptor 9 holds), or clears it
+# (once it is checked again to be a regular file with one link): only
+# through the descriptor that holds the lock (/proc/self/fd/9 reopens that
+# very inode).
 lock_record() {
-	[ "$(stat -L -c '%d %i' /proc/self/fd/9 2>/dev/null)" = "$(stat -L -c '%d %i' -- "$L" 2>/dev/null)" ] || return 0
 	if [ "$1" = clear ]; then
-		: 2>/dev/null >"$L"
+		case $(stat -L -c '%f %h' /proc/self/fd/9 2>/dev/null) in
+		8???" 1") printf '' 2>/dev/null >/proc/self/fd/9 ;;
+		esac
 		return 0
 	fi
 	cmd="\"$prog\""
@@ -998,41 +1408,45 @@ lock_record() {
 	user=$(id -un 2>/dev/null || id -u)
 	case $user in *[![:print:]]* | *'"'* | *\\*) user= ;; esac
 	printf '{"pid":%s,"host":"%s","user":"%s","command":[%s],"since":"%s"}\n' \
-		"$$" "$host" "$user" "$cmd" "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" 2>/dev/null >"$L"
+		"$$" "$host" "$user" "$cmd" "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" 2>/dev/null >/proc/self/fd/9
 }
 
 # lock takes DIR's lock without waiting: returns 0 had, 1 held by another,
-# 2 error (why set).
+# 2 error (why set), 3 refused (bad set). The lock file must be a regular
+# file with one link (rule T1). A missing one is made with O_EXCL, which
+# never follows a symlink. It is opened read-write where it can be (an
+# exclusive flock over NFS needs that, and such an open of a FIFO does not
+# wait), and what was opened is checked by inode before it is locked.
 lock() {
 	if ! exists "$L"; then
-		if ! (: >>"$L") 2>/dev/null; then
+		dd of="$L" conv=excl status=none </dev/null 2>/dev/null
+		if ! exists "$L"; then
 			why="lock $L: cannot create it"
 			return 2
 		fi
 	fi
-	if ! (: <"$L") 2>/dev/null; then
+	check_file "$L" || return 3
+	if { command exec 9<>"$L"; } 2>/dev/null; then
+		:
+	elif { command exec 9<"$L"; } 2>/dev/null; then
+		: # a user who may read it but not write it
+	else
 		why="lock $L: cannot open it"
 		return 2
 	fi
-	exec 9<"$L"
+	if ! fd9_looked; then
+		exec 9<&-
+		check_file "$L" || return 3
+		bad="$L: expected a regular file with one link, and it was replaced while it was opened"
+		return 3
+	fi
 	mode=-x
 	[ "$dry" = 1 ] && mode=-s
 	flock -n -E 200 $mode 9
 	case $? in
 	0) ;;
 	200) exec 9<&-; return 1 ;;
-	*)
-		# An exclusive lock over NFS needs the file open for writing.
-		exec 9<&-
-		if (: 2>/dev/null 1<>"$L") && exec 9<>"$L" && flock -n -E 200 $mode 9; then
-			:
-		else
-			rc=$?
-			exec 9<&-
-			[ $rc = 200 ] && return 1
-			why="lock $L: flock failed"
-			return 2
-		fi ;;
+	*) exec 9<&-; why="lock $L: flock failed"; return 2 ;;
 	esac
 	[ "$dry" = 1 ] || lock_record write
 	return 0
@@ -1067,6 +1481,15 @@ person() { # the action failed or may not be done
 	printf '%s: %s: needs a person: %s\n' "$prog" "$D" "$1" >&2
 }
 
+# refuse WHAT reports a state recovery may not act on (rule T5): needs a
+# person, nothing done; the caller returns 125.
+refuse() {
+	state="needs a person"
+	found="$1; nothing done: inspect it, and the names $pre* beside it"
+	report not
+	person "$found"
+}
+
 # resolve sets D to DIR made absolute with symlinks resolved, like treetx:
 # a missing DIR is fine when its parent exists.
 resolve() {
@@ -1086,12 +1509,13 @@ resolve() {
 }
 
 # has_names tells whether the parent holds any of DIR's names (the lock,
-# the journal, a shadow, a tree being removed or kept...).
+# the gate, the journal, a shadow, a tree being removed or kept...), as
+# recover's hasNamesOf does.
 has_names() {
 	for f in "$pp"/.[#]treetx.*; do
 		b=${f##*/}
 		case $b in
-		"$pre"lock | "$pre"journal | "$pre"journal.tmp | "$pre"meta | "$pre"incomplete | "$pre"complete) return 0 ;;
+		"$pre"lock | "$pre"gate | "$pre"journal | "$pre"journal.tmp | "$pre"meta | "$pre"incomplete | "$pre"complete) return 0 ;;
 		"$pre"removing.*) is_id "${b#"$pre"removing.}" && return 0 ;;
 		"$pre"failed.*) is_id "${b#"$pre"failed.}" && return 0 ;;
 		esac
@@ -1099,14 +1523,37 @@ has_names() {
 	return 1
 }
 
-# parse_journal sets jres to what journal_awk says of the journal, and from
-# it jid, phase, sdev, sino, nlost and who.
-parse_journal() {
-	if [ "$(tr -d '\000' <"$J" | wc -c)" -ne "$(wc -c <"$J")" ] 2>/dev/null; then
-		jres="corrupt a NUL byte"
-	else
-		jres=$(awk -v mode=parse "$journal_awk" "$J" 2>&1)
+# read_journal checks the journal as rule T1 says (a regular file with one
+# link, not writable by group or others, at most 1 MiB), reads it with
+# safe_read, and checks that it is the same file after. It sets jowner and
+# jtext, then what parse_journal sets. Returns 1 with jerr set when the
+# journal is unreadable or corrupt, 2 with bad set when it is not a file
+# recovery may read.
+read_journal() {
+	check_file "$J" private || return 2
+	jowner=$lk_uid
+	jlook="$lk_id $lk_size $lk_ctime"
+	if [ "$lk_size" -gt 1048576 ]; then
+		bad="$J: expected a journal of at most 1 MiB, found $lk_size bytes"
+		return 2
 	fi
+	jtext=$(safe_read "$J" 1048577 | tr '\000' '\001'; echo x)
+	jtext=${jtext%x}
+	look "$J"
+	if [ "$lk_type $lk_id $lk_size $lk_ctime" != "reg $jlook" ]; then
+		bad="$J: expected a regular file, and it changed while it was read"
+		return 2
+	fi
+	parse_journal
+}
+
+# parse_journal sets jres to what journal_awk says of jtext, and from it
+# jid, phase, sdev, sino, nlost and who.
+parse_journal() {
+	case $jtext in
+	*"$soh"*) jres="corrupt a NUL or control byte" ;;
+	*) jres=$(printf '%s' "$jtext" | awk -v mode=parse "$journal_awk" 2>&1) ;;
+	esac
 	case $jres in
 	ok"$nl"*)
 		set -f
@@ -1127,7 +1574,10 @@ parse_journal() {
 # busy_found describes a directory whose lock another process holds, as
 # recover's busyReport does.
 busy_found() {
-	hres=$(awk "$holder_awk" "$L" 2>/dev/null)
+	hres=''
+	if check_file "$L" && [ "$lk_size" -le 65536 ]; then
+		hres=$(safe_read "$L" 65536 | awk "$holder_awk" 2>/dev/null)
+	fi
 	case $hres in
 	ok"$nl"*)
 		set -f
@@ -1152,48 +1602,74 @@ busy_found() {
 		fi ;;
 	*) bwho="its lock is held by another process (a reader under treetx lock --shared, or a holder that has not recorded itself)" ;;
 	esac
-	if ! [ -e "$J" ]; then
+	if ! exists "$J"; then
 		found="no transaction journal; $bwho"
-	elif parse_journal; then
-		found="transaction $jid is in phase $phase; $bwho"
 	else
-		found="$jerr; $bwho"
+		read_journal
+		case $? in
+		0) found="transaction $jid is in phase $phase; $bwho" ;;
+		1) found="$jerr; $bwho" ;;
+		*) found="$bad; $bwho" ;;
+		esac
 	fi
 }
 
 # at sets at_there (the name exists) and at_ok (it is the shadow).
+# at_type and at_uid are its type and owner.
 at() {
-	at_there=0 at_ok=0
-	if id=$(stat -c '%d %i' -- "$1" 2>/dev/null); then
-		at_there=1
-		[ "$id" = "$sdev $sino" ] && at_ok=1
+	at_there=0 at_ok=0 at_type=none at_uid=''
+	if look "$1"; then
+		at_there=1 at_type=$lk_type at_uid=$lk_uid
+		[ "$lk_id" = "$sdev $sino" ] && at_ok=1
 	fi
 }
 
 # check_shadow sets problem to what keeps recovery from acting on the
-# journal (recover's checkShadow): the shadow, found by inode, must be where
-# the phase allows, and the manifest there and whole when a rollback needs
-# it.
+# journal (recover's checkShadow, and rule T1 for the names beside it): a
+# stale temporary journal must be a regular file, the manifest a private
+# regular file of the journal's owner; the shadow, found by inode, must be
+# where the phase allows, a directory owned by the journal's owner (any
+# owner when that is root); the manifest there, whole, and its records
+# confined to the shadow (rule T4) when a rollback needs it.
 check_shadow() {
-	problem=''
+	problem='' sroot=''
+	if exists "$JT"; then
+		# A stale temporary journal is removed by name before the next
+		# journal write (rm never follows it), whatever it is, as treetx
+		# does; only a directory cannot be.
+		look "$JT"
+		if [ "$lk_type" = dir ]; then
+			problem="$JT: expected a regular file (a stale temporary journal), found a directory"
+			return
+		fi
+	fi
+	if exists "$M" && ! check_file "$M" private "$jowner"; then
+		problem=$bad
+		return
+	fi
 	at "$CPL"
-	c_ok=$at_ok c_there=$at_there
+	c_ok=$at_ok c_there=$at_there c_type=$at_type c_uid=$at_uid
 	case $phase in
 	snapshot | commit)
 		if [ $c_there = 1 ] && [ $c_ok = 0 ]; then
 			problem="$CPL is not the shadow the journal records (inode $sino)"
 			return
 		fi
+		[ $c_ok = 1 ] && ! shadow_dir "$CPL" "$c_type" "$c_uid" && return
 		at "$INC"
 		if [ $at_there = 1 ] && [ $at_ok = 0 ]; then
 			problem="$INC is not the shadow the journal records (inode $sino)"
+		elif [ $at_ok = 1 ]; then
+			shadow_dir "$INC" "$at_type" "$at_uid"
 		fi ;;
 	running | rollback)
 		at "$D"
 		if [ $c_ok = 1 ]; then
-			:
+			sroot=$CPL
+			shadow_dir "$CPL" "$c_type" "$c_uid" || return
 		elif [ "$phase" = rollback ] && [ $at_ok = 1 ]; then
-			:
+			sroot=$D
+			shadow_dir "$D" "$at_type" "$at_uid" || return
 		elif [ $c_there = 1 ]; then
 			problem="$CPL is not the shadow the journal records (inode $sino)"
 		else
@@ -1203,12 +1679,40 @@ check_shadow() {
 			problem="its manifest $M is missing"
 		elif [ -z "$problem" ] && ! check_manifest; then
 			problem="its manifest is unusable: manifest is corrupt or incomplete: ${mres#bad }"
+		elif [ -z "$problem" ] && ! verify "$sroot"; then
+			problem="its manifest is unusable: $why"
 		fi ;;
 	esac
 }
 
+# shadow_dir PATH TYPE UID checks (rule T1) that PATH, which holds the
+# shadow's inode and is of TYPE, owned by UID, is a directory owned by the
+# journal's owner (any owner when that is root: root gives the shadow DIR's
+# owner); else it sets problem.
+shadow_dir() {
+	if [ "$2" != dir ]; then
+		kind "$2"
+		problem="$1: expected a directory (the shadow, inode $sino), found $kd"
+		return 1
+	fi
+	if [ "$jowner" != 0 ] && [ "$3" != "$jowner" ]; then
+		problem="$1: expected a directory owned by uid $jowner (the journal's owner), found one owned by uid $3"
+		return 1
+	fi
+}
+
+# names sets D and DIR's names from an absolute, resolved path.
+names() {
+	N=${D##*/}
+	pp=${D%/*} # the parent, "" for /
+	P=${pp:-/}
+	pre=.#treetx.$N.
+	L=$pp/${pre}lock G=$pp/${pre}gate J=$pp/${pre}journal JT=$pp/${pre}journal.tmp
+	M=$pp/${pre}meta INC=$pp/${pre}incomplete CPL=$pp/${pre}complete
+}
+
 recover_one() {
-	state='' found='' action='' note='' nlost=0 failed='' jid='' phase=''
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0
 	if ! resolve "$1"; then
 		printf '%s: %s: no such directory, nor a parent holding treetx'"'"'s names for it\n' "$prog" "$1" >&2
 		return 125
@@ -1217,16 +1721,11 @@ recover_one() {
 		printf '%s: /: the root directory has no parent, so treetx keeps nothing for it\n' "$prog" >&2
 		return 125
 	fi
-	N=${D##*/}
-	pp=${D%/*} # the parent, "" for /
-	P=${pp:-/}
+	names
 	if [ ${#N} -gt 220 ]; then
 		printf '%s: %s: name is %s bytes long; treetx'"'"'s names beside it would exceed the 255-byte limit of a file name (at most 220 bytes)\n' "$prog" "$D" "${#N}" >&2
 		return 125
 	fi
-	pre=.#treetx.$N.
-	L=$pp/${pre}lock J=$pp/${pre}journal JT=$pp/${pre}journal.tmp
-	M=$pp/${pre}meta INC=$pp/${pre}incomplete CPL=$pp/${pre}complete
 	if ! exists "$L" && ! has_names; then
 		# A transaction creates the lock file first: without one, and with
 		# none of treetx's names beside DIR, there is nothing to do. Do not
@@ -1240,6 +1739,13 @@ recover_one() {
 		report not
 		return 0
 	fi
+	# Rule T1: the gate is a regular file with one link (the lock file
+	# too: lock checks it), or nothing is done (not even making a missing
+	# lock file).
+	if exists "$G" && ! check_file "$G"; then
+		refuse "$bad"
+		return 125
+	fi
 	if [ "$dry" = 1 ] && ! exists "$L"; then
 		recover_locked # a dry run creates no lock file
 		return
@@ -1252,6 +1758,9 @@ recover_one() {
 		busy_found
 		report not
 		return 75 ;;
+	3)
+		refuse "$bad"
+		return 125 ;;
 	*)
 		printf '%s: %s: %s\n' "$prog" "$D" "$why" >&2
 		return 125 ;;
@@ -1262,16 +1771,62 @@ recover_one() {
 	return $rc
 }
 
+# recover_as_owner DIR is the recovery of DIR run by recover_as (rule T3):
+# with the identity of the journal's owner, the lock held on descriptor 9.
+recover_as_owner() {
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0
+	case $1 in /?*) ;; *) usage ;; esac
+	D=$1
+	names
+	if [ "$(id -u)" != "$as_owner" ] || ! fd9_is "$L" || ! flock -n -x 9; then
+		printf '%s: %s: --as-owner is run by this script as uid %s, holding the lock on descriptor 9\n' "$prog" "$D" "$as_owner" >&2
+		return 125
+	fi
+	recover_locked
+}
+
+# recover_as runs recover_locked again with the identity of the journal's
+# owner (rule T3), as root. The lock stays held by descriptor 9, which the
+# child inherits; the lock file's holder record stays root's.
+recover_as() {
+	if ! self_body; then
+		refuse "$why; the journal's owner is uid $jowner, as whom it would be recovered"
+		return 125
+	fi
+	as_user "$jowner" sh -c "$body" "$0" --as-owner "$jowner" "$D"
+	rc=$?
+	case $rc in 0 | 75 | 125) return $rc ;; esac
+	state="needs a person"
+	found="the recovery as uid $jowner, the journal's owner, exited $rc (setpriv could not run it, or it was killed)"
+	report not
+	person "$found"
+	return 125
+}
+
 # recover_locked classifies what is beside DIR (recover's classify) and
 # acts on it, under the lock.
 recover_locked() {
-	if [ -e "$J" ]; then
-		if ! parse_journal; then
+	if exists "$J"; then
+		read_journal
+		case $? in
+		0) ;;
+		1)
 			state="needs a person"
 			found="$jerr; nothing done: inspect it, and the names $pre* beside it"
 			report not
 			person "$found"
+			return 125 ;;
+		*)
+			refuse "$bad"
+			return 125 ;;
+		esac
+		if [ -n "$as_owner" ] && [ "$jowner" != "$as_owner" ]; then
+			refuse "$J: expected a journal owned by uid $as_owner, found one owned by uid $jowner (it was replaced)"
 			return 125
+		fi
+		if [ "$am_root" = 1 ] && [ "$jowner" != 0 ] && [ "$dry" = 0 ]; then
+			recover_as
+			return
 		fi
 		check_shadow
 		if [ -n "$problem" ]; then
@@ -1294,7 +1849,7 @@ recover_locked() {
 			return 0
 		fi
 		if [ "$phase" != commit ] && [ "$phase" != snapshot ] && [ "$have_xattr" = 0 ] &&
-			mres=$(awk "$manifest_awk" "$M" 2>/dev/null) && [ "${mres##* }" = 1 ]; then
+			check_manifest 2>/dev/null && [ "${mres##* }" = 1 ]; then
 			note="extended attributes recorded in the manifest were not restored (getfattr/setfattr not found)"
 		fi
 		case $phase in
@@ -1312,6 +1867,10 @@ recover_locked() {
 			return 125
 		fi
 		return 0
+	fi
+	if [ -n "$as_owner" ]; then
+		refuse "$J: expected the journal owned by uid $as_owner, found nothing (it was removed)"
+		return 125
 	fi
 	if exists "$CPL"; then
 		state="needs a person"
@@ -1376,13 +1935,26 @@ remove_leftovers() {
 			new_id
 			rename_noreplace "$f" "$pp/${pre}removing.$nid" || return 1
 			fsync_parent || return 1
-			remove_tree "$pp/${pre}removing.$nid" || return 1
+			remove_tree "$pp/${pre}removing.$nid" owner || return 1
 		else
+			# Only the name goes (unlink never follows a symlink).
 			run rm -f -- "$f" || { why="remove $f: $out"; return 1; }
 		fi
 	done
 	remove_garbage
 }
+
+case $as_owner in
+'') ;;
+*[!0-9]*) usage ;;
+*)
+	recover_as_owner "$1"
+	exit ;;
+esac
+if [ "$remove_only" = 1 ]; then
+	remove_here "$1" || { printf '%s: %s\n' "$prog" "$why" >&2; exit 1; }
+	exit 0
+fi
 
 status=0
 for dir in "$@"; do

@@ -26,7 +26,7 @@ var (
 	Mount          = Group{Name: "mount", Tools: []string{"mount", "umount"}, Root: true}
 	Shellcheck     = Group{Name: "shellcheck", Tools: []string{"shellcheck"}}
 	Systemd        = Group{Name: "systemd unit", Tools: []string{"systemd-analyze", "systemd-escape"}}
-	RecoveryScript = Group{Name: "recovery script", Tools: []string{"sh", "flock", "awk", "sed", "grep", "mv", "rm", "stat", "sync", "touch", "chmod", "chown", "realpath", "od", "tr", "wc", "id", "date", "uname"}}
+	RecoveryScript = Group{Name: "recovery script", Tools: []string{"sh", "flock", "awk", "sed", "grep", "mv", "rm", "stat", "sync", "touch", "chmod", "chown", "realpath", "od", "tr", "wc", "id", "date", "uname", "setpriv", "dd"}}
 )
 
 // Missing says why g's tests cannot run here ("cvs not found"), or "".
