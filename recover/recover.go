@@ -390,7 +390,7 @@ func resolve(dir string, noFollow bool) (txn.Names, error) {
 }
 
 // refusedReport describes a directory beside which something stands
-// under one of treetx's names that treetx does not make there.
+// under one of treetx's names that treetx does not make there: row 17.
 func refusedReport(n txn.Names, err error) *Report {
 	return &Report{Dir: n.Dir, State: StateNeedsPerson, Found: err.Error()}
 }
@@ -444,9 +444,9 @@ func classify(n txn.Names) (*Report, error) {
 		}
 	}
 	r.failed = present[txn.KindFailed]
-	// The gate is opened only by a locker that waits, never here; one
-	// that is not a regular file with one link would refuse every such
-	// locker, so it needs a person now, as the lock file would.
+	// Row 17: the gate is opened only by a locker that waits, never
+	// here; one that is not a regular file with one link would refuse
+	// every such locker, so it needs a person now, as the lock file would.
 	for _, name := range present[txn.KindGate] {
 		var st unix.Stat_t
 		if err := unix.Lstat(n.Path(name), &st); err == nil {
