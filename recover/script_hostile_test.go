@@ -411,10 +411,10 @@ func hostileCases() []hostileCase {
 				return record(st, "4777 65534 65534", `\0056\0056\0057\0056\0056\0057outside\0057secret`)
 			}},
 		{name: "mode out of range", want: refused, msg: []string{"37777777777", "expected at most 07777"},
-			rec: func(w *hostileWorld, st *unix.Stat_t) string { return record(st, "37777777777 65534 65534", "own") },
+			rec:  func(w *hostileWorld, st *unix.Stat_t) string { return record(st, "37777777777 65534 65534", "own") },
 			prep: func(t *testing.T, w *hostileWorld, shadow string) *unix.Stat_t { return ownFile(t, shadow, "own") }},
 		{name: "owner out of range", want: refused, msg: []string{"4294967295", "expected a uid and a gid below"},
-			rec: func(w *hostileWorld, st *unix.Stat_t) string { return record(st, "644 4294967295 0", "own") },
+			rec:  func(w *hostileWorld, st *unix.Stat_t) string { return record(st, "644 4294967295 0", "own") },
 			prep: func(t *testing.T, w *hostileWorld, shadow string) *unix.Stat_t { return ownFile(t, shadow, "own") }},
 		{name: "symlink on the way", want: refused, msg: []string{".#treetx.repo.complete/link", "expected a directory"},
 			rec: func(w *hostileWorld, st *unix.Stat_t) string { return record(st, "4777 65534 65534", "link/secret") },
@@ -453,7 +453,7 @@ func hostileCases() []hostileCase {
 		// A well-formed state: recovered as the attacker, who may not
 		// rename root's DIR in a sticky parent.
 		{name: "confined records", want: failed, msg: []string{"not permitted"},
-			rec: func(w *hostileWorld, st *unix.Stat_t) string { return record(st, "4755 65534 65534", "own") },
+			rec:  func(w *hostileWorld, st *unix.Stat_t) string { return record(st, "4755 65534 65534", "own") },
 			prep: func(t *testing.T, w *hostileWorld, shadow string) *unix.Stat_t { return ownFile(t, shadow, "own") }},
 	} {
 		add(hostileCase{name: "planted journal/" + a.name, want: a.want, msg: a.msg,
