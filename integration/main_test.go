@@ -446,7 +446,18 @@ func mount(t *testing.T, dir string, args ...string) {
 		testenv.Unavailable(t, "mount %q: %v: %s", args, err, out)
 	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+		// A detached cleaner of treetx's may still hold a directory of
+		// the file system open for a moment after the tree it deleted is
+		// gone: a busy file system is retried until it is free.
+		var out []byte
+		var err error
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			out, err = exec.Command("umount", dir).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "busy") || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
 			t.Errorf("umount %s: %v: %s", dir, err, out)
 			exec.Command("umount", "-l", dir).Run()
 		}
