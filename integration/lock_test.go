@@ -114,7 +114,7 @@ func TestLockTimeout(t *testing.T) {
 // first to finish, then runs.
 func TestLockDefaultWaits(t *testing.T) {
 	t.Parallel()
-	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
 	out := t.TempDir()
 	holder := start(t, invocation{
 		args: runArgs(tree, script(`touch "$O/started"; while [ ! -e "$O/release" ]; do sleep 0.01; done`)),
@@ -122,7 +122,7 @@ func TestLockDefaultWaits(t *testing.T) {
 	})
 	waitForFile(t, holder, filepath.Join(out, "started"))
 	waiter := start(t, invocation{args: runArgs(tree, script(`printf w > "$T/waiter"`)), env: env(tree, out)})
-	time.Sleep(400 * time.Millisecond)
+	awaitQueued(t, parent, waiter)
 	if processGone(waiter.pid()) || exists(filepath.Join(tree, "waiter")) {
 		t.Fatalf("the second run did not wait for the lock")
 	}
@@ -160,8 +160,8 @@ func TestBackgroundProcessDoesNotKeepTheLock(t *testing.T) {
 // would keep a writer out forever if it just retried; the writer waits at
 // the lock's gate instead, and readers that arrive meanwhile wait behind it.
 // Each step waits for the one before to be seen (a reader holding the
-// lock, the writer holding the gate, the later readers trying it), not for
-// a time.
+// lock, the writer holding the gate), not for a time: whenever the later
+// readers come, they must come after the writer.
 func TestWriterQueuesAheadOfReaders(t *testing.T) {
 	t.Parallel()
 	parent, tree := newTree(t, map[string]string{"f": "f\n"})
@@ -178,10 +178,12 @@ func TestWriterQueuesAheadOfReaders(t *testing.T) {
 		return slices.Contains(flockHolders(t, gate), writer.pid())
 	})
 	for n := 1; n <= 3; n++ {
-		r := reader(n, "sleep 0.4")
-		readers = append(readers, r)
-		waitFor(t, fmt.Sprintf("reader %d to try the gate", n), time.Minute, func() bool { return hasOpen(r.pid(), gate) })
+		readers = append(readers, reader(n, "sleep 0.4"))
 	}
+	// Give them time to reach the gate while reader 0 still holds the
+	// lock (without the gate, they would join it). Load may delay them:
+	// then they prove less, but still must come after the writer.
+	time.Sleep(300 * time.Millisecond)
 	if err := os.WriteFile(filepath.Join(out, "release"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +201,17 @@ func TestWriterQueuesAheadOfReaders(t *testing.T) {
 	if w := slices.Index(lines, "writer"); w != 2 || lines[0] != "start 0" || lines[1] != "end 0" {
 		t.Errorf("order:\n%s\nwant reader 0, then the writer, then the others", log)
 	}
+}
+
+// awaitQueued waits until p waits for the lock of parent/tree: it then
+// holds the lock's gate (a writer's queue, where a reader waits too). It
+// returns early if p exits.
+func awaitQueued(t *testing.T, parent string, p *proc) {
+	t.Helper()
+	gate := filepath.Join(parent, ".#treetx.tree.gate")
+	waitFor(t, "treetx to wait for the lock", time.Minute, func() bool {
+		return processGone(p.pid()) || slices.Contains(flockHolders(t, gate), p.pid())
+	})
 }
 
 // flockHolders lists the pids holding a flock on path (/proc/locks).
@@ -229,18 +242,4 @@ func flockHolders(t *testing.T, path string) []int {
 		}
 	}
 	return pids
-}
-
-// hasOpen reports whether process pid has path open.
-func hasOpen(pid int, path string) bool {
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return false
-	}
-	for _, fd := range fds {
-		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && l == path {
-			return true
-		}
-	}
-	return false
 }

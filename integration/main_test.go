@@ -100,8 +100,9 @@ type proc struct {
 	cancel         context.CancelFunc
 }
 
-// runTimeout kills a treetx process that hangs.
-const runTimeout = 20 * time.Second
+// runTimeout kills a treetx process that hangs: far longer than any run
+// takes, even on a loaded machine.
+const runTimeout = 2 * time.Minute
 
 // start starts treetx. Its stdout and stderr are files, not pipes, so that
 // waiting for it never waits for a descendant that inherited them.
@@ -402,10 +403,11 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// waitForFile waits for a marker file, failing early if p exits first.
+// waitForFile waits for a marker file, failing early if p exits first (or
+// after a minute, which only a hang reaches).
 func waitForFile(t *testing.T, p *proc, path string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for !exists(path) {
 		if processGone(p.pid()) {
 			t.Fatalf("treetx exited before %s appeared", path)
