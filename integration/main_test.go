@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,6 +41,15 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) (int, error) {
+	flag.Parse()
+	// These tests spend most of their time waiting for the processes they
+	// start and for the disk, not on the CPU: unless -parallel says
+	// otherwise, run three times as many at once as go test would.
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		flag.Set("test.parallel", strconv.Itoa(3*runtime.GOMAXPROCS(0)))
+	}
 	testenv.Announce(testenv.Root, testenv.CVS, testenv.RCS, testenv.Ext4, testenv.XFS, testenv.Btrfs, testenv.Shellcheck, testenv.Systemd)
 	dir, err := os.MkdirTemp("", "treetx-integration-")
 	if err != nil {
