@@ -933,8 +933,18 @@ type crashPoint struct {
 func uniqueStates(t *testing.T, path string, pl plan) []crashPoint {
 	t.Helper()
 	statesMu.Lock()
-	defer statesMu.Unlock()
-	if cps, ok := statesOf[path]; ok {
+	mu, ok := pathMu[path]
+	if !ok {
+		mu = new(sync.Mutex)
+		pathMu[path] = mu
+	}
+	statesMu.Unlock()
+	mu.Lock() // one path's states are found once; other paths' meanwhile
+	defer mu.Unlock()
+	statesMu.Lock()
+	cps, ok := statesOf[path]
+	statesMu.Unlock()
+	if ok {
 		return cps
 	}
 	seen := map[string]bool{}
@@ -952,7 +962,9 @@ func uniqueStates(t *testing.T, path string, pl plan) []crashPoint {
 			out = append(out, crashPoint{op, s})
 		}
 	}
+	statesMu.Lock()
 	statesOf[path] = out
+	statesMu.Unlock()
 	return out
 }
 
@@ -961,6 +973,7 @@ func uniqueStates(t *testing.T, path string, pl plan) []crashPoint {
 var (
 	statesMu sync.Mutex
 	statesOf = map[string][]crashPoint{}
+	pathMu   = map[string]*sync.Mutex{}
 )
 
 // ok tells a recovery that left a consistent directory: exit 0, or 125 for
