@@ -21,7 +21,7 @@ package recover_test
 // The script takes a second or so on a crash state, so a default run checks
 // a sample of each matrix: the script against Go on one crash point of each
 // distinct crash state (uniqueStates) and a few more; one kill of the
-// script, or of recover.Recover, on five of those states per path; drawn
+// script, or of recover.Recover, on four of those states per path; drawn
 // with a seed the tests log. With TREETX_EXHAUSTIVE=1 they check every
 // point (over ten minutes on 2 cores).
 
@@ -825,9 +825,10 @@ func haveXattrTools() bool {
 // Steps inside the shadow being built, or a tree being deleted, are sampled
 // (every 5th: their crash states are alike); the "inplace" and "xattr"
 // paths and the run with `mv --exchange` take the protocol's steps only.
-// A default run takes one step of each distinct crash state and one more
-// (three on the disk, where it takes no state for sure); TREETX_EXHAUSTIVE=1
-// every step.
+// A default run takes one step of each distinct crash state (with `mv
+// --exchange`, of each state a rollback exchanges the trees from) and one
+// more (three on the disk, where it takes no state for sure);
+// TREETX_EXHAUSTIVE=1 every step.
 func TestScriptAgreesWithGo(t *testing.T) {
 	h := newHarness(t)
 	xattrTools := haveXattrTools()
@@ -874,8 +875,13 @@ func TestScriptAgreesWithGo(t *testing.T) {
 				points = append(points, op)
 			}
 			first := map[int]bool{} // the first step of each distinct state
-			if !variant.disk {
-				for _, cp := range uniqueStates(t, path, pl) {
+			for _, cp := range uniqueStates(t, path, pl) {
+				switch {
+				case variant.disk:
+					// A sample: the states are the tmpfs runs'.
+				case variant.exchange && !exchangeAhead(cp.state):
+					// The same as without the exchange.
+				default:
 					first[cp.op.Step] = true
 				}
 			}
@@ -968,6 +974,12 @@ func uniqueStates(t *testing.T, path string, pl plan) []crashPoint {
 	return out
 }
 
+// exchangeAhead tells a crash state (crashState's description) from which
+// a rollback exchanges the complete shadow with the tree.
+func exchangeAhead(state string) bool {
+	return strings.HasPrefix(state, "rollback") && strings.Contains(state, ".#treetx.repo.complete(shadow)")
+}
+
 // The distinct crash states of each path, shared by the tests (the runs are
 // deterministic).
 var (
@@ -986,8 +998,8 @@ func (o outcome) ok() bool {
 // (but a sync, which leaves the state of the step before), on each distinct
 // crash state, and lets recover.Recover finish. On the
 // rollback path, the script also runs with an `mv --exchange`. A default
-// run takes five of those states on each path (one with the exchange), drawn
-// with the seed, and kills the script after one of its steps on each;
+// run takes four of those states on each path (one with the exchange on the
+// rollback path), drawn with the seed, and kills the script after one of its steps on each;
 // TREETX_EXHAUSTIVE=1 takes every state and step.
 func TestScriptCrashThenGo(t *testing.T) {
 	h := newHarness(t)
@@ -1010,7 +1022,7 @@ func TestScriptCrashThenGo(t *testing.T) {
 			firstExch := -1
 			for _, cp := range uniqueStates(t, path, pl) {
 				for _, exch := range []bool{false, true} {
-					if exch && (path != "rollback" || !strings.HasPrefix(cp.state, "rollback") || !strings.Contains(cp.state, ".#treetx.repo.complete(shadow)")) {
+					if exch && (path != "rollback" || !exchangeAhead(cp.state)) {
 						continue // no exchange ahead, or one the rollback's states lead to
 					}
 					if exch && firstExch < 0 {
@@ -1020,7 +1032,11 @@ func TestScriptCrashThenGo(t *testing.T) {
 				}
 			}
 			allStates.Add(int64(len(combos)))
-			picked := testenv.Sample(len(combos), func(i int) bool { return i == firstExch }, 5, rng)
+			extra := 4
+			if firstExch >= 0 {
+				extra = 3
+			}
+			picked := testenv.Sample(len(combos), func(i int) bool { return i == firstExch }, extra, rng)
 			states.Add(int64(len(picked)))
 			for _, ci := range picked {
 				cp, exch := combos[ci].cp, combos[ci].exch
@@ -1069,7 +1085,7 @@ func TestScriptCrashThenGo(t *testing.T) {
 // TestGoCrashThenScript kills recover.Recover after each of its steps (in
 // the trees it deletes, every 20th; not after a sync, which leaves the state
 // of the step before), on each distinct crash state, and lets the script
-// finish. A default run takes five of those states on each path, drawn
+// finish. A default run takes four of those states on each path, drawn
 // with the seed, and kills it after one of its steps on each;
 // TREETX_EXHAUSTIVE=1 takes every state and step.
 func TestGoCrashThenScript(t *testing.T) {
@@ -1086,7 +1102,7 @@ func TestGoCrashThenScript(t *testing.T) {
 			old, new := images(t, path)
 			pl := dryRun(t, path)
 			cps := uniqueStates(t, path, pl)
-			picked := testenv.Sample(len(cps), nil, 5, rng)
+			picked := testenv.Sample(len(cps), nil, 4, rng)
 			allStates.Add(int64(len(cps)))
 			states.Add(int64(len(picked)))
 			for _, ci := range picked {
