@@ -54,7 +54,7 @@ wait
 				t.Fatalf("treetx was not killed: %v", r)
 			}
 			child := readPID(t, filepath.Join(out, "pid"))
-			waitFor(t, "the command to die with treetx (Pdeathsig)", 5*time.Second, func() bool { return processGone(child) })
+			waitFor(t, "the command to die with treetx (Pdeathsig)", time.Minute, func() bool { return processGone(child) })
 
 			if tt.grandchild {
 				gpid := readPID(t, filepath.Join(out, "gpid"))
@@ -70,12 +70,12 @@ wait
 				wantCode(t, r, 0)
 				contains(t, "status", r.stdout, "in progress")
 				sh(t, nil, "touch "+filepath.Join(out, "release"))
-				waitFor(t, "the grandchild to exit", 5*time.Second, func() bool { return processGone(gpid) })
+				waitFor(t, "the grandchild to exit", time.Minute, func() bool { return processGone(gpid) })
 			}
 
 			// A sleep the dead shell started may hold the lock a moment more.
 			var r result
-			waitFor(t, "status to say needs recovery (exit 3)", 5*time.Second, func() bool {
+			waitFor(t, "status to say needs recovery (exit 3)", time.Minute, func() bool {
 				r = treetx(t, nil, "status", tree)
 				return r.code != 0
 			})

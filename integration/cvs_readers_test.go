@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -160,8 +161,22 @@ func TestCVSReadersSeeWholeCommits(t *testing.T) {
 	attempts := map[string]int{}
 	killedLate := 0
 	rng := rand.New(rand.NewPCG(7, 7))
-	deadline := time.Now().Add(duration)
-	for attempt := 1; time.Now().Before(deadline); attempt++ {
+	// It goes on for duration, and then until enough happened to check
+	// (load slows everything down), or for two minutes at most.
+	enough := func() bool {
+		mu.Lock()
+		commits := len(committed) - 1
+		mu.Unlock()
+		seenMu.Lock()
+		defer seenMu.Unlock()
+		states := map[string]bool{}
+		for _, s := range seenAll {
+			states[s.content] = true
+		}
+		return commits >= 2 && len(seenAll) >= 4 && len(states) >= 2
+	}
+	deadline, limit := time.Now().Add(duration), time.Now().Add(2*time.Minute)
+	for attempt := 1; time.Now().Before(deadline) || !enough() && time.Now().Before(limit); attempt++ {
 		mode := modes[(attempt-1)%len(modes)]
 		attempts[mode]++
 		content := fmt.Sprintf("commit %d attempt %d\n", len(committed), attempt)
@@ -272,17 +287,25 @@ func sumValues(m map[string]int) int {
 // TestWriterNotStarvedByReaders: readers under "treetx lock --shared" that
 // come one after another, each taking the lock before the one before it
 // lets go (a busy server's checkouts), must not keep a "treetx run" out for
-// ever. A writer that asks for the lock should get it once the readers
-// that held it when it asked are done: here within 3s, while each reader
-// holds it 0.4s.
+// ever. A writer that asks for the lock gets it once the readers that held
+// it when it asked are done: every reader that arrives after the writer
+// queued (holds the lock's gate) runs after it, one started then among
+// them, and the writer gets the lock while the readers keep coming.
 func TestWriterNotStarvedByReaders(t *testing.T) {
 	t.Parallel()
-	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
 	out := t.TempDir()
+	gate := filepath.Join(parent, ".#treetx.tree.gate")
 	stop := make(chan struct{})
-	relay := make(chan []*proc)
+	var queued atomic.Bool // the writer was seen holding the gate
+	type reader struct {
+		p     *proc
+		n     int
+		after bool // started after the writer was seen queued
+	}
+	relay := make(chan []reader)
 	go func() {
-		var readers []*proc
+		var readers []reader
 		defer func() { relay <- readers }()
 		for n := 0; ; n++ {
 			select {
@@ -290,9 +313,10 @@ func TestWriterNotStarvedByReaders(t *testing.T) {
 				return
 			default:
 			}
+			after := queued.Load()
 			marker := filepath.Join(out, fmt.Sprintf("r%d", n))
-			p := start(t, invocation{args: lockArgs(tree, script(`touch "$M"; sleep 0.4`), "--shared"), env: append(env(tree, out), "M="+marker)})
-			readers = append(readers, p)
+			p := start(t, invocation{args: lockArgs(tree, script(`echo "reader $N" >> "$O/log"; touch "$M"; sleep 0.4`), "--shared"), env: append(env(tree, out), "M="+marker, "N="+strconv.Itoa(n))})
+			readers = append(readers, reader{p, n, after})
 			// The next one starts once this one holds the lock, 0.2s
 			// before it lets go.
 			for !exists(marker) && !processGone(p.pid()) {
@@ -301,16 +325,38 @@ func TestWriterNotStarvedByReaders(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	}()
-	time.Sleep(500 * time.Millisecond)
-	res := treetx(t, env(tree, out), runArgs(tree, script(`touch "$T/written"`), "--lock-timeout", "3s")...)
+	// The writer asks while readers overlap.
+	for _, m := range []string{"r0", "r1"} {
+		waitFor(t, "a reader to hold the lock", time.Minute, func() bool { return exists(filepath.Join(out, m)) })
+	}
+	writer := start(t, invocation{args: runArgs(tree, script(`echo writer >> "$O/log"; touch "$T/written"`), "--lock-timeout", "90s"), env: env(tree, out)})
+	waitFor(t, "the writer to queue at the gate", time.Minute, func() bool {
+		return processGone(writer.pid()) || slices.Contains(flockHolders(t, gate), writer.pid())
+	})
+	queued.Store(true)
+	lateMarker := filepath.Join(out, "late")
+	late := start(t, invocation{args: lockArgs(tree, script(`echo "reader late" >> "$O/log"; touch "$M"`), "--shared"), env: append(env(tree, out), "M="+lateMarker)})
+	res := writer.wait(t)
 	close(stop)
 	readers := <-relay
-	for _, p := range readers {
-		wantCode(t, p.wait(t), 0)
+	for _, r := range readers {
+		wantCode(t, r.p.wait(t), 0)
 	}
-	if res.code != 0 {
-		t.Errorf("treetx run waited 3s for the lock while %d readers, each holding it 0.4s, came and went: exit %d\n%s"+
-			"\n(the lock polls a non-blocking flock every 25ms, and flock has no writer preference: a writer gets the lock only at an instant when no reader holds it)",
-			len(readers), res.code, res.stderr)
+	wantCode(t, late.wait(t), 0)
+	wantCode(t, res, 0)
+	log, err := os.ReadFile(filepath.Join(out, "log"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+	w := slices.Index(lines, "writer")
+	if i := slices.Index(lines, "reader late"); i < w {
+		t.Errorf("a reader that came after the writer queued ran before it:\n%s", log)
+	}
+	for _, r := range readers {
+		if i := slices.Index(lines, "reader "+strconv.Itoa(r.n)); r.after && i >= 0 && i < w {
+			t.Errorf("reader %d, which came after the writer queued, ran before it:\n%s", r.n, log)
+		}
+	}
+	t.Logf("%d readers ran before the writer got the lock", w)
 }

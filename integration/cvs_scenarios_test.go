@@ -388,7 +388,7 @@ func TestCVSKilledMidOperation(t *testing.T) {
 					if res := p.wait(t); res.code != -1 {
 						t.Fatalf("treetx was not killed: %v", res)
 					}
-					waitFor(t, "cvs to die with treetx", 5*time.Second, func() bool { return processGone(cvsPID) })
+					waitFor(t, "cvs to die with treetx", time.Minute, func() bool { return processGone(cvsPID) })
 					t.Logf("left by the killed cvs: %s", partial(t, r, op.changed))
 					res := r.runDoc(t, r.doc(t, "treetx status /srv/cvsroot", ""), "", nil)
 					wantCode(t, res, 3)

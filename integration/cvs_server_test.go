@@ -89,7 +89,7 @@ func (c *cvsClient) run(t *testing.T) (string, int) {
 // still commits or rolls back, in the directory the test removes at its end.
 func awaitTransaction(t *testing.T, root string) {
 	t.Helper()
-	wantCode(t, treetx(t, nil, "lock", "--lock-timeout", "20s", root, "--", "true"), 0)
+	wantCode(t, treetx(t, nil, "lock", "--lock-timeout", "90s", root, "--", "true"), 0)
 }
 
 // TestCVSServerWrapper: scripts/cvs-server-atomic as CVS_SERVER of a

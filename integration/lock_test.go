@@ -114,7 +114,7 @@ func TestLockTimeout(t *testing.T) {
 // first to finish, then runs.
 func TestLockDefaultWaits(t *testing.T) {
 	t.Parallel()
-	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
 	out := t.TempDir()
 	holder := start(t, invocation{
 		args: runArgs(tree, script(`touch "$O/started"; while [ ! -e "$O/release" ]; do sleep 0.01; done`)),
@@ -122,7 +122,7 @@ func TestLockDefaultWaits(t *testing.T) {
 	})
 	waitForFile(t, holder, filepath.Join(out, "started"))
 	waiter := start(t, invocation{args: runArgs(tree, script(`printf w > "$T/waiter"`)), env: env(tree, out)})
-	time.Sleep(400 * time.Millisecond)
+	awaitQueued(t, parent, waiter)
 	if processGone(waiter.pid()) || exists(filepath.Join(tree, "waiter")) {
 		t.Fatalf("the second run did not wait for the lock")
 	}
@@ -156,23 +156,36 @@ func TestBackgroundProcessDoesNotKeepTheLock(t *testing.T) {
 }
 
 // TestWriterQueuesAheadOfReaders: readers that keep overlapping (each
-// holding the shared lock 0.4 s, the next one starting while it holds it)
+// holding the shared lock a while, the next one starting while it holds it)
 // would keep a writer out forever if it just retried; the writer waits at
 // the lock's gate instead, and readers that arrive meanwhile wait behind it.
+// Each step waits for the one before to be seen (a reader holding the
+// lock, the writer holding the gate), not for a time: whenever the later
+// readers come, they must come after the writer.
 func TestWriterQueuesAheadOfReaders(t *testing.T) {
 	t.Parallel()
-	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
 	out := t.TempDir()
-	reader := func(n int) *proc {
-		return start(t, invocation{args: []string{"lock", "--shared", tree, "--", "sh", "-c", `echo "start $N" >> "$O/log"; sleep 0.4; echo "end $N" >> "$O/log"`}, env: append(env(tree, out), "N="+strconv.Itoa(n))})
+	gate := filepath.Join(parent, ".#treetx.tree.gate")
+	reader := func(n int, hold string) *proc {
+		return start(t, invocation{args: []string{"lock", "--shared", tree, "--", "sh", "-c", `echo "start $N" >> "$O/log"; ` + hold + `; echo "end $N" >> "$O/log"`}, env: append(env(tree, out), "N="+strconv.Itoa(n))})
 	}
-	readers := []*proc{reader(0)}
-	time.Sleep(100 * time.Millisecond)
-	writer := start(t, invocation{args: runArgs(tree, script(`echo "writer" >> "$O/log"`), "--lock-timeout", "5s"), env: env(tree, out)})
-	time.Sleep(100 * time.Millisecond)
+	// Reader 0 holds the lock until the others have arrived.
+	readers := []*proc{reader(0, `touch "$O/started-0"; while [ ! -e "$O/release" ]; do sleep 0.01; done`)}
+	waitForFile(t, readers[0], filepath.Join(out, "started-0"))
+	writer := start(t, invocation{args: runArgs(tree, script(`echo "writer" >> "$O/log"`), "--lock-timeout", "60s"), env: env(tree, out)})
+	waitFor(t, "the writer to hold the gate while it waits", time.Minute, func() bool {
+		return slices.Contains(flockHolders(t, gate), writer.pid())
+	})
 	for n := 1; n <= 3; n++ {
-		readers = append(readers, reader(n))
-		time.Sleep(150 * time.Millisecond)
+		readers = append(readers, reader(n, "sleep 0.4"))
+	}
+	// Give them time to reach the gate while reader 0 still holds the
+	// lock (without the gate, they would join it). Load may delay them:
+	// then they prove less, but still must come after the writer.
+	time.Sleep(300 * time.Millisecond)
+	if err := os.WriteFile(filepath.Join(out, "release"), nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
 	wantCode(t, writer.wait(t), 0)
 	for _, r := range readers {
@@ -188,4 +201,45 @@ func TestWriterQueuesAheadOfReaders(t *testing.T) {
 	if w := slices.Index(lines, "writer"); w != 2 || lines[0] != "start 0" || lines[1] != "end 0" {
 		t.Errorf("order:\n%s\nwant reader 0, then the writer, then the others", log)
 	}
+}
+
+// awaitQueued waits until p waits for the lock of parent/tree: it then
+// holds the lock's gate (a writer's queue, where a reader waits too). It
+// returns early if p exits.
+func awaitQueued(t *testing.T, parent string, p *proc) {
+	t.Helper()
+	gate := filepath.Join(parent, ".#treetx.tree.gate")
+	waitFor(t, "treetx to wait for the lock", time.Minute, func() bool {
+		return processGone(p.pid()) || slices.Contains(flockHolders(t, gate), p.pid())
+	})
+}
+
+// flockHolders lists the pids holding a flock on path (/proc/locks).
+func flockHolders(t *testing.T, path string) []int {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return nil
+	}
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for line := range strings.Lines(string(data)) {
+		// "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter's
+		// line has "->" after the number.
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" {
+			continue
+		}
+		dev := strings.Split(f[5], ":")
+		if len(dev) != 3 || dev[2] != strconv.FormatUint(st.Ino, 10) {
+			continue
+		}
+		if pid, err := strconv.Atoi(f[4]); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -61,7 +61,7 @@ func TestLockSharedReadersRunTogether(t *testing.T) {
 	t.Parallel()
 	_, tree := newTree(t, map[string]string{"f": "f\n"})
 	out := t.TempDir()
-	s := `touch "$O/r$N"; i=0; while [ ! -e "$O/r$OTHER" ]; do i=$((i+1)); [ $i -lt 500 ] || exit 1; sleep 0.01; done`
+	s := `touch "$O/r$N"; i=0; while [ ! -e "$O/r$OTHER" ]; do i=$((i+1)); [ $i -lt 6000 ] || exit 1; sleep 0.01; done`
 	a := start(t, invocation{args: lockArgs(tree, script(s), "--shared"), env: append(env(tree, out), "N=1", "OTHER=2")})
 	b := start(t, invocation{args: lockArgs(tree, script(s), "--shared"), env: append(env(tree, out), "N=2", "OTHER=1")})
 	wantCode(t, a.wait(t), 0)
@@ -84,7 +84,7 @@ func TestLockReaderBlocksWriter(t *testing.T) {
 		t.Errorf("a transaction ran while a reader held the lock")
 	}
 	writer := start(t, invocation{args: runArgs(tree, script(`echo writer >> "$O/log"; touch "$T/w1"`)), env: env(tree, out)})
-	time.Sleep(300 * time.Millisecond)
+	awaitQueued(t, parent, writer)
 	if processGone(writer.pid()) || exists(filepath.Join(tree, "w1")) {
 		t.Fatalf("the transaction did not wait for the reader")
 	}
@@ -104,7 +104,7 @@ func TestLockReaderBlocksWriter(t *testing.T) {
 // and then sees the committed tree, never the transaction half done.
 func TestLockWriterBlocksReader(t *testing.T) {
 	t.Parallel()
-	_, tree := newTree(t, map[string]string{"f": "f\n"})
+	parent, tree := newTree(t, map[string]string{"f": "f\n"})
 	out := t.TempDir()
 	writer := start(t, invocation{
 		args: runArgs(tree, script(`printf half > "$T/a"; touch "$O/started-w"; while [ ! -e "$O/release" ]; do sleep 0.01; done; printf done > "$T/b"`)),
@@ -119,7 +119,7 @@ func TestLockWriterBlocksReader(t *testing.T) {
 		t.Errorf("a reader ran during a transaction")
 	}
 	reader := start(t, invocation{args: lockArgs(tree, script(read), "--shared"), env: append(env(tree, out), "N=1")})
-	time.Sleep(300 * time.Millisecond)
+	awaitQueued(t, parent, reader)
 	if processGone(reader.pid()) || exists(filepath.Join(out, "seen-1")) {
 		t.Fatalf("the reader did not wait for the transaction")
 	}

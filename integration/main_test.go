@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,6 +41,15 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) (int, error) {
+	flag.Parse()
+	// These tests spend most of their time waiting for the processes they
+	// start and for the disk, not on the CPU: unless -parallel says
+	// otherwise, run three times as many at once as go test would.
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		flag.Set("test.parallel", strconv.Itoa(3*runtime.GOMAXPROCS(0)))
+	}
 	testenv.Announce(testenv.Root, testenv.CVS, testenv.RCS, testenv.Ext4, testenv.XFS, testenv.Btrfs, testenv.Shellcheck, testenv.Systemd)
 	dir, err := os.MkdirTemp("", "treetx-integration-")
 	if err != nil {
@@ -105,8 +117,9 @@ type proc struct {
 	cancel         context.CancelFunc
 }
 
-// runTimeout kills a treetx process that hangs.
-const runTimeout = 20 * time.Second
+// runTimeout kills a treetx process that hangs: far longer than any run
+// takes, even on a loaded machine.
+const runTimeout = 2 * time.Minute
 
 // start starts treetx. Its stdout and stderr are files, not pipes, so that
 // waiting for it never waits for a descendant that inherited them.
@@ -420,10 +433,11 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// waitForFile waits for a marker file, failing early if p exits first.
+// waitForFile waits for a marker file, failing early if p exits first (or
+// after a minute, which only a hang reaches).
 func waitForFile(t *testing.T, p *proc, path string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for !exists(path) {
 		if processGone(p.pid()) {
 			t.Fatalf("treetx exited before %s appeared", path)
@@ -464,7 +478,18 @@ func mount(t *testing.T, dir string, args ...string) {
 		testenv.Unavailable(t, "mount %q: %v: %s", args, err, out)
 	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+		// A detached cleaner of treetx's may still hold a directory of
+		// the file system open for a moment after the tree it deleted is
+		// gone: a busy file system is retried until it is free.
+		var out []byte
+		var err error
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			out, err = exec.Command("umount", dir).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "busy") || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
 			t.Errorf("umount %s: %v: %s", dir, err, out)
 			exec.Command("umount", "-l", dir).Run()
 		}

@@ -138,7 +138,7 @@ func killedRuns(t *testing.T, trees ...string) []treeimage.Image {
 			t.Fatalf("treetx was not killed: %v", r)
 		}
 		child := readPID(t, filepath.Join(outs[i], "pid"))
-		waitFor(t, "the command to die with treetx", 5*time.Second, func() bool { return processGone(child) })
+		waitFor(t, "the command to die with treetx", time.Minute, func() bool { return processGone(child) })
 	}
 	return befores
 }

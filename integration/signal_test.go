@@ -180,7 +180,7 @@ func TestSignalWhileWaitingForLockCancels(t *testing.T) {
 			waitForFile(t, holder, filepath.Join(out, "started"))
 			marker := filepath.Join(out, "ran")
 			waiter := start(t, invocation{args: runArgs(tree, []string{"touch", marker})})
-			time.Sleep(200 * time.Millisecond) // let it wait for the lock
+			awaitQueued(t, parent, waiter)
 			waiter.signal(t, sig)
 			r := waiter.wait(t)
 			wantCode(t, r, 128+int(sig))

@@ -19,10 +19,11 @@ package recover_test
 // nothing; one run of the agreement test is on the disk.
 //
 // The script takes a second or so on a crash state, so a default run checks
-// a sample of each matrix: one crash point of each distinct crash state
-// (uniqueStates) and a few more drawn with a seed the tests log; one kill of
-// the script, or of recover.Recover, on each of those states. With
-// TREETX_EXHAUSTIVE=1 they check every point (over ten minutes on 2 cores).
+// a sample of each matrix: the script against Go on one crash point of each
+// distinct crash state (uniqueStates) and a few more; one kill of the
+// script, or of recover.Recover, on four of those states per path; drawn
+// with a seed the tests log. With TREETX_EXHAUSTIVE=1 they check every
+// point (over ten minutes on 2 cores).
 
 import (
 	"bytes"
@@ -829,9 +830,10 @@ func haveXattrTools() bool {
 // Steps inside the shadow being built, or a tree being deleted, are sampled
 // (every 5th: their crash states are alike); the "inplace" and "xattr"
 // paths and the run with `mv --exchange` take the protocol's steps only.
-// A default run takes one step of each distinct crash state and one more
-// (three on the disk, where it takes no state for sure); TREETX_EXHAUSTIVE=1
-// every step.
+// A default run takes one step of each distinct crash state (with `mv
+// --exchange`, of each state a rollback exchanges the trees from) and one
+// more (three on the disk, where it takes no state for sure);
+// TREETX_EXHAUSTIVE=1 every step.
 func TestScriptAgreesWithGo(t *testing.T) {
 	h := newHarness(t)
 	xattrTools := haveXattrTools()
@@ -878,8 +880,13 @@ func TestScriptAgreesWithGo(t *testing.T) {
 				points = append(points, op)
 			}
 			first := map[int]bool{} // the first step of each distinct state
-			if !variant.disk {
-				for _, cp := range uniqueStates(t, path, pl) {
+			for _, cp := range uniqueStates(t, path, pl) {
+				switch {
+				case variant.disk:
+					// A sample: the states are the tmpfs runs'.
+				case variant.exchange && !exchangeAhead(cp.state):
+					// The same as without the exchange.
+				default:
 					first[cp.op.Step] = true
 				}
 			}
@@ -937,8 +944,18 @@ type crashPoint struct {
 func uniqueStates(t *testing.T, path string, pl plan) []crashPoint {
 	t.Helper()
 	statesMu.Lock()
-	defer statesMu.Unlock()
-	if cps, ok := statesOf[path]; ok {
+	mu, ok := pathMu[path]
+	if !ok {
+		mu = new(sync.Mutex)
+		pathMu[path] = mu
+	}
+	statesMu.Unlock()
+	mu.Lock() // one path's states are found once; other paths' meanwhile
+	defer mu.Unlock()
+	statesMu.Lock()
+	cps, ok := statesOf[path]
+	statesMu.Unlock()
+	if ok {
 		return cps
 	}
 	seen := map[string]bool{}
@@ -956,8 +973,16 @@ func uniqueStates(t *testing.T, path string, pl plan) []crashPoint {
 			out = append(out, crashPoint{op, s})
 		}
 	}
+	statesMu.Lock()
 	statesOf[path] = out
+	statesMu.Unlock()
 	return out
+}
+
+// exchangeAhead tells a crash state (crashState's description) from which
+// a rollback exchanges the complete shadow with the tree.
+func exchangeAhead(state string) bool {
+	return strings.HasPrefix(state, "rollback") && strings.Contains(state, ".#treetx.repo.complete(shadow)")
 }
 
 // The distinct crash states of each path, shared by the tests (the runs are
@@ -965,6 +990,7 @@ func uniqueStates(t *testing.T, path string, pl plan) []crashPoint {
 var (
 	statesMu sync.Mutex
 	statesOf = map[string][]crashPoint{}
+	pathMu   = map[string]*sync.Mutex{}
 )
 
 // ok tells a recovery that left a consistent directory: exit 0, or 125 for
@@ -977,14 +1003,15 @@ func (o outcome) ok() bool {
 // (but a sync, which leaves the state of the step before), on each distinct
 // crash state, and lets recover.Recover finish. On the
 // rollback path, the script also runs with an `mv --exchange`. A default
-// run kills it after one of its steps, drawn with the seed, on each state;
-// TREETX_EXHAUSTIVE=1 after each.
+// run takes four of those states on each path (one with the exchange on the
+// rollback path), drawn with the seed, and kills the script after one of its steps on each;
+// TREETX_EXHAUSTIVE=1 takes every state and step.
 func TestScriptCrashThenGo(t *testing.T) {
 	h := newHarness(t)
 	seed := testenv.Seed(t)
-	var total, all, violations atomic.Int64
+	var total, states, allStates, violations atomic.Int64
 	t.Cleanup(func() {
-		t.Logf("script killed, Go finishing: points: %s, %d violations", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
+		t.Logf("script killed, Go finishing: %d points on crash states: %s, %d violations", total.Load(), testenv.Counted(int(states.Load()), int(allStates.Load())), violations.Load())
 	})
 	for pi, path := range []string{"commit", "rollback", "inplace"} {
 		t.Run(path, func(t *testing.T) {
@@ -992,48 +1019,67 @@ func TestScriptCrashThenGo(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, uint64(pi)))
 			old, new := images(t, path)
 			pl := dryRun(t, path)
+			type combo struct {
+				cp   crashPoint
+				exch bool
+			}
+			var combos []combo
+			firstExch := -1
 			for _, cp := range uniqueStates(t, path, pl) {
-				want, opts := pl.want(path, cp.op.Step, old, new)
 				for _, exch := range []bool{false, true} {
-					if exch && (path != "rollback" || !strings.HasPrefix(cp.state, "rollback") || !strings.Contains(cp.state, ".#treetx.repo.complete(shadow)")) {
+					if exch && (path != "rollback" || !exchangeAhead(cp.state)) {
 						continue // no exchange ahead, or one the rollback's states lead to
 					}
-					// Record the script's steps on this state.
+					if exch && firstExch < 0 {
+						firstExch = len(combos)
+					}
+					combos = append(combos, combo{cp, exch})
+				}
+			}
+			allStates.Add(int64(len(combos)))
+			extra := 4
+			if firstExch >= 0 {
+				extra = 3
+			}
+			picked := testenv.Sample(len(combos), func(i int) bool { return i == firstExch }, extra, rng)
+			states.Add(int64(len(picked)))
+			for _, ci := range picked {
+				cp, exch := combos[ci].cp, combos[ci].exch
+				want, opts := pl.want(path, cp.op.Step, old, new)
+				// Record the script's steps on this state.
+				dir := newSample(t, path)
+				runVictim(t, "txn", dir, path, cp.op.Step)
+				counter := filepath.Join(scratch(t, false), "steps")
+				if s := h.run(t, scriptOpts{exchange: exch, counter: counter}, dir); s.killed || !s.ok() {
+					t.Fatalf("crash after step %s: script: %s", cp.op, s.out)
+				}
+				data, _ := os.ReadFile(counter)
+				steps := strings.Fields(string(data))
+				var kills []int
+				for k := 1; k <= len(steps); k++ {
+					if steps[k-1] != "sync" { // killed after a sync: as after the step before
+						kills = append(kills, k)
+					}
+				}
+				for _, i := range testenv.Sample(len(kills), nil, 1, rng) {
+					k := kills[i]
 					dir := newSample(t, path)
 					runVictim(t, "txn", dir, path, cp.op.Step)
 					counter := filepath.Join(scratch(t, false), "steps")
-					if s := h.run(t, scriptOpts{exchange: exch, counter: counter}, dir); s.killed || !s.ok() {
-						t.Fatalf("crash after step %s: script: %s", cp.op, s.out)
+					s := h.run(t, scriptOpts{exchange: exch, counter: counter, killAt: k}, dir)
+					if !s.killed {
+						t.Fatalf("crash after step %s: the script was not killed at its step %d of %d: %s", cp.op, k, len(steps), s.out)
 					}
-					data, _ := os.ReadFile(counter)
-					steps := strings.Fields(string(data))
-					var kills []int
-					for k := 1; k <= len(steps); k++ {
-						if steps[k-1] != "sync" { // killed after a sync: as after the step before
-							kills = append(kills, k)
-						}
+					total.Add(1)
+					v := ""
+					if g := goRecover(dir, false); !g.ok() {
+						v = "Go recover after it: " + g.out
+					} else {
+						v = checkInvariant(t, dir, want, opts)
 					}
-					all.Add(int64(len(kills)))
-					for _, i := range testenv.Sample(len(kills), nil, 1, rng) {
-						k := kills[i]
-						dir := newSample(t, path)
-						runVictim(t, "txn", dir, path, cp.op.Step)
-						counter := filepath.Join(scratch(t, false), "steps")
-						s := h.run(t, scriptOpts{exchange: exch, counter: counter, killAt: k}, dir)
-						if !s.killed {
-							t.Fatalf("crash after step %s: the script was not killed at its step %d of %d: %s", cp.op, k, len(steps), s.out)
-						}
-						total.Add(1)
-						v := ""
-						if g := goRecover(dir, false); !g.ok() {
-							v = "Go recover after it: " + g.out
-						} else {
-							v = checkInvariant(t, dir, want, opts)
-						}
-						if v != "" {
-							violations.Add(1)
-							t.Errorf("crash after step %s (%s), script (exchange %v) killed after its step %d (%s): %s", cp.op, cp.state, exch, k, steps[k-1], v)
-						}
+					if v != "" {
+						violations.Add(1)
+						t.Errorf("crash after step %s (%s), script (exchange %v) killed after its step %d (%s): %s", cp.op, cp.state, exch, k, steps[k-1], v)
 					}
 				}
 			}
@@ -1044,14 +1090,15 @@ func TestScriptCrashThenGo(t *testing.T) {
 // TestGoCrashThenScript kills recover.Recover after each of its steps (in
 // the trees it deletes, every 20th; not after a sync, which leaves the state
 // of the step before), on each distinct crash state, and lets the script
-// finish. A default run kills it after one of those steps, drawn with the
-// seed, on each state; TREETX_EXHAUSTIVE=1 after each.
+// finish. A default run takes four of those states on each path, drawn
+// with the seed, and kills it after one of its steps on each;
+// TREETX_EXHAUSTIVE=1 takes every state and step.
 func TestGoCrashThenScript(t *testing.T) {
 	h := newHarness(t)
 	seed := testenv.Seed(t)
-	var total, all, violations atomic.Int64
+	var total, states, allStates, violations atomic.Int64
 	t.Cleanup(func() {
-		t.Logf("Go killed, script finishing: points: %s, %d violations", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
+		t.Logf("Go killed, script finishing: %d points on crash states: %s, %d violations", total.Load(), testenv.Counted(int(states.Load()), int(allStates.Load())), violations.Load())
 	})
 	for pi, path := range []string{"commit", "rollback", "inplace"} {
 		t.Run(path, func(t *testing.T) {
@@ -1059,7 +1106,12 @@ func TestGoCrashThenScript(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, uint64(pi)))
 			old, new := images(t, path)
 			pl := dryRun(t, path)
-			for _, cp := range uniqueStates(t, path, pl) {
+			cps := uniqueStates(t, path, pl)
+			picked := testenv.Sample(len(cps), nil, 4, rng)
+			allStates.Add(int64(len(cps)))
+			states.Add(int64(len(picked)))
+			for _, ci := range picked {
+				cp := cps[ci]
 				want, opts := pl.want(path, cp.op.Step, old, new)
 				dir := newSample(t, path)
 				runVictim(t, "txn", dir, path, cp.op.Step)
@@ -1077,7 +1129,6 @@ func TestGoCrashThenScript(t *testing.T) {
 					}
 					rops = append(rops, rop)
 				}
-				all.Add(int64(len(rops)))
 				for _, i := range testenv.Sample(len(rops), nil, 1, rng) {
 					rop := rops[i]
 					dir := newSample(t, path)
