@@ -889,12 +889,13 @@ remove_here() {
 }
 
 # remove_tree PATH [owner] deletes a tree under a removal name. With owner,
-# run as root, a directory whose owner is not root is deleted with that
+# run as root, a directory whose owner is neither root nor DIR's owner (to
+# whom the shadows of root's transactions belong) is deleted with that
 # owner's identity (rule T2: a tree someone else made is deleted with no
-# more rights than theirs).
+# more rights than theirs), as treetx's txn.RemoveTree does.
 remove_tree() {
-	if [ "${2-}" = owner ] && [ "$am_root" = 1 ] && look "$1" && [ "$lk_type" = dir ] && [ "$lk_uid" != 0 ]; then
-		rt_uid=$lk_uid
+	if [ "${2-}" = owner ] && [ "$am_root" = 1 ] && look "$1" && [ "$lk_type" = dir ] && [ "$lk_uid" != 0 ] &&
+		{ rt_uid=$lk_uid; ! look "$D" || [ "$lk_uid" != "$rt_uid" ]; }; then
 		[ -n "${body-}" ] || self_body || return 1
 		out=$(as_user "$rt_uid" sh -c "$body" "$0" --remove-tree "$1" 2>&1 </dev/null) ||
 			{ why="remove $1 as uid $rt_uid, its owner: $out"; return 1; }
