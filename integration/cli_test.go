@@ -320,7 +320,7 @@ func TestVerboseIsRunsFlag(t *testing.T) {
 	_, tree := newTree(t, map[string]string{"f": "f\n"})
 	r := treetx(t, nil, runArgs(tree, []string{"true"}, "-v")...)
 	wantCode(t, r, 0)
-	contains(t, "stderr", r.stderr, `msg=step do="journal commit"`)
+	contains(t, "stderr", r.stderr, `msg=step step=C3 do="journal commit"`)
 	for _, args := range [][]string{{"status", "-v", tree}, {"recover", "--verbose", tree}, {"gc", "-v", tree}, {"-v", "status", tree}} {
 		r := treetx(t, nil, args...)
 		wantCode(t, r, 64)

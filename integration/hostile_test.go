@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -195,7 +196,7 @@ func TestHostileParent(t *testing.T) {
 func runScript(t *testing.T, script, dir string) result {
 	t.Helper()
 	start := time.Now()
-	cmd := exec.Command("timeout", "-s", "KILL", runTimeout.String(), "sh", script, dir)
+	cmd := exec.Command("timeout", "-s", "KILL", strconv.Itoa(int(runTimeout.Seconds())), "sh", script, dir)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
