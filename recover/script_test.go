@@ -29,12 +29,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,6 +79,15 @@ func TestMain(m *testing.M) {
 	}
 	if os.Getenv("TREETX_TEST_GC_CHILD") == "" { // not recover_test.go's child
 		testenv.Announce(testenv.RecoveryScript)
+	}
+	// The script tests spend most of their time waiting for the processes
+	// they start (the script forks for every step): unless -parallel says
+	// otherwise, run three times as many at once as go test would.
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		flag.Set("test.parallel", strconv.Itoa(3*runtime.GOMAXPROCS(0)))
 	}
 	os.Exit(m.Run())
 }
