@@ -339,7 +339,17 @@ func sysCrash(t *testing.T, dir string) treeimage.Image {
 	sysTree(t, dir)
 	before := capture(t, dir)
 	out := t.TempDir()
-	p := start(t, invocation{args: runArgs(dir, script(sysScript)), env: env(dir, out)})
+	killRun(t, dir, out, invocation{args: runArgs(dir, script(sysScript)), env: env(dir, out)})
+	return before
+}
+
+// killRun starts inv, a treetx run on dir whose command writes its pid to
+// out/pid and touches out/started, SIGKILLs treetx once the command has
+// started, and waits for the command to die with it: dir is left in a
+// crash state.
+func killRun(t *testing.T, dir, out string, inv invocation) {
+	t.Helper()
+	p := start(t, inv)
 	waitForFile(t, p, filepath.Join(out, "started"))
 	p.signal(t, syscall.SIGKILL)
 	if r := p.wait(t); r.code != -1 {
@@ -350,7 +360,6 @@ func sysCrash(t *testing.T, dir string) treeimage.Image {
 	if !exists(filepath.Join(filepath.Dir(dir), ".#treetx."+filepath.Base(dir)+".journal")) {
 		t.Fatalf("no journal beside %s: not a crash state", dir)
 	}
-	return before
 }
 
 // userCrash makes dir the crash state of a transaction of user nobody's:
@@ -378,18 +387,8 @@ func userCrash(t *testing.T, dir string) treeimage.Image {
 	if err := os.Chmod(out, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, invocation{args: runArgs(dir, script(`echo new > "$T/f.new"; mv "$T/f.new" "$T/f"; echo $$ > "$O/pid"; touch "$O/started"; exec sleep 60`)),
+	killRun(t, dir, out, invocation{args: runArgs(dir, script(`echo new > "$T/f.new"; mv "$T/f.new" "$T/f"; echo $$ > "$O/pid"; touch "$O/started"; exec sleep 60`)),
 		env: env(dir, out), cred: &syscall.Credential{Uid: 65534, Gid: 65534}})
-	waitForFile(t, p, filepath.Join(out, "started"))
-	p.signal(t, syscall.SIGKILL)
-	if r := p.wait(t); r.code != -1 {
-		t.Fatalf("treetx was not killed: %v", r)
-	}
-	child := readPID(t, filepath.Join(out, "pid"))
-	waitFor(t, "the command to die with treetx", 5*time.Second, func() bool { return processGone(child) })
-	if !exists(filepath.Join(filepath.Dir(dir), ".#treetx."+filepath.Base(dir)+".journal")) {
-		t.Fatalf("no journal beside %s: not a crash state", dir)
-	}
 	return before
 }
 
