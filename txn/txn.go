@@ -435,15 +435,28 @@ func (tx *Tx) nameForRemoval(name string) error {
 //
 // progress, if set, reports the deletion as Options.Progress does.
 func RemoveTree(n Names, pfd int, name string, fs FS, enter func() error, progress Progress) error {
-	if enter == nil && os.Geteuid() == 0 {
-		var st, dst unix.Stat_t
-		if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Uid != 0 &&
-			(unix.Fstatat(pfd, n.Base, &dst, unix.AT_SYMLINK_NOFOLLOW) != nil || dst.Uid != st.Uid) {
-			id := creds.Of(st.Uid)
-			enter = creds.Worker(&id)
-		}
+	if enter == nil {
+		enter = ownerOf(n, pfd, name)
 	}
 	return snapshot.RemoveWith(n.Parent, name, snapshot.RemoveOptions{FS: fs, Enter: enter, Progress: progress.of(ProgressRemove, 0)})
+}
+
+// ownerOf returns, when this process is root, the identity to delete the
+// tree name in pfd with (see RemoveTree): its root's owner when that is
+// neither root nor the owner of the directory n; nil otherwise.
+func ownerOf(n Names, pfd int, name string) func() error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	var st, dst unix.Stat_t
+	if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Uid == 0 {
+		return nil
+	}
+	if unix.Fstatat(pfd, n.Base, &dst, unix.AT_SYMLINK_NOFOLLOW) == nil && dst.Uid == st.Uid {
+		return nil
+	}
+	id := creds.Of(st.Uid)
+	return creds.Worker(&id)
 }
 
 // removeOptions are the options the transaction's own trees are deleted
@@ -630,12 +643,19 @@ func (tx *Tx) removeGarbage() error {
 		if tx.n.Classify(name) != KindRemoving {
 			continue
 		}
-		if tx.deferRm {
+		own := name == tx.n.Removing(tx.j.ID)
+		if tx.deferRm && (own || tx.enter == nil && ownerOf(tx.n, tx.pfd, name) == nil) {
+			// Left to the caller, who deletes with this process's
+			// identity (treetx run's detached cleaner): this
+			// transaction's own tree, or one that RemoveTree too would
+			// delete as this process is. Another user's tree (planted,
+			// or left by a transaction of theirs) is deleted here, as
+			// its owner.
 			tx.garbage = append(tx.garbage, tx.n.Path(name))
 			continue
 		}
 		tx.step("C7", "remove tree", name)
-		if name == tx.n.Removing(tx.j.ID) {
+		if own {
 			// This transaction's own: the shadow or the failed tree.
 			errs = append(errs, snapshot.RemoveWith(tx.n.Parent, name, tx.removeOptions()))
 			continue
