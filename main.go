@@ -56,6 +56,7 @@ changes are kept.`,
 	})
 	root.AddCommand(newRunCommand(), newRecoverCommand(), newStatusCommand(), newGCCommand(), newLockCommand(),
 		newVersionCommand(), newManCommand(), newCleanupCommand())
+	root.AddCommand(newConvertCommand())
 	// cobra's completion command (completion bash|zsh|fish|powershell),
 	// made now to refuse an unknown shell as root refuses an unknown
 	// command.
