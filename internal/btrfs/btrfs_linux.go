@@ -50,6 +50,7 @@ const (
 	iocSubvolCreateV2 = 0x50009418 // _IOW(0x94, 24, struct btrfs_ioctl_vol_args_v2)
 	iocSubvolGetflags = 0x80089419 // _IOR(0x94, 25, __u64)
 	iocGetSubvolInfo  = 0x81f8943c // _IOR(0x94, 60, struct btrfs_ioctl_get_subvol_info_args): 504 bytes
+	iocGetSubvolRoot  = 0xd000943d // _IOWR(0x94, 61, struct btrfs_ioctl_get_subvol_rootref_args): 4096 bytes
 	iocSnapDestroyV2  = 0x5000943f // _IOW(0x94, 63, struct btrfs_ioctl_vol_args_v2)
 )
 
@@ -100,12 +101,22 @@ type subvolInfoArgs struct {
 	reserved     [8]uint64
 }
 
+// rootrefArgs is struct btrfs_ioctl_get_subvol_rootref_args.
+type rootrefArgs struct {
+	minTreeid uint64
+	rootref   [255]struct{ treeid, dirid uint64 }
+	numItems  uint8
+	_         [7]uint8
+}
+
 // The sizes the ioctl numbers above encode; a mismatch does not compile.
 var (
 	_ [4096 - unsafe.Sizeof(volArgs{})]struct{}
 	_ [unsafe.Sizeof(volArgs{}) - 4096]struct{}
 	_ [4096 - unsafe.Sizeof(volArgsV2{})]struct{}
 	_ [unsafe.Sizeof(volArgsV2{}) - 4096]struct{}
+	_ [4096 - unsafe.Sizeof(rootrefArgs{})]struct{}
+	_ [unsafe.Sizeof(rootrefArgs{}) - 4096]struct{}
 	_ [504 - unsafe.Sizeof(subvolInfoArgs{})]struct{}
 	_ [unsafe.Sizeof(subvolInfoArgs{}) - 504]struct{}
 )
@@ -338,6 +349,29 @@ func SubvolumeInfo(fd int) (Info, error) {
 		ID: args.treeid, ParentID: args.parentID, UUID: args.uuid, ParentUUID: args.parentUUID,
 		Generation: args.generation, ReadOnly: args.flags&subvolRdonly != 0,
 	}, nil
+}
+
+// NestedSubvolumes returns the ids of the subvolumes whose parent is the
+// subvolume whose root fd is, wherever they are in it
+// (BTRFS_IOC_GET_SUBVOL_ROOTREF, Linux 4.18, allowed to every user): one
+// call per 255, however big the tree. A snapshot leaves them out (each
+// becomes an empty directory), so a snapshot shadow would lose them.
+func NestedSubvolumes(fd int) ([]uint64, error) {
+	var ids []uint64
+	var args rootrefArgs
+	for {
+		err := ioctl(fd, iocGetSubvolRoot, unsafe.Pointer(&args))
+		if err != nil && !errors.Is(err, unix.EOVERFLOW) {
+			return nil, fmt.Errorf("btrfs: subvolumes in %s: %w", fsys.AtPath(fd, ""), err)
+		}
+		for _, r := range args.rootref[:args.numItems] {
+			ids = append(ids, r.treeid)
+		}
+		if err == nil || args.numItems == 0 {
+			return ids, nil
+		}
+		// EOVERFLOW: more than fit; min_treeid says where to go on.
+	}
 }
 
 // IsReadOnly reports whether the subvolume holding the open file fd is

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"unsafe"
 
@@ -228,10 +229,16 @@ func TestSnapshotIdentity(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "nested/inner"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if ids, err := NestedSubvolumes(f.open(src)); err != nil || len(ids) != 1 {
+		t.Errorf("NestedSubvolumes(src) = %v, %v; want one", ids, err)
+	}
 	if err := Snapshot(f.open(src), f.pfd, "snap", false); err != nil {
 		t.Fatal(err)
 	}
 	snap := filepath.Join(f.p, "snap")
+	if ids, err := NestedSubvolumes(f.open(snap)); err != nil || len(ids) != 0 {
+		t.Errorf("NestedSubvolumes(snap) = %v, %v; want none", ids, err)
+	}
 	sp, ss, sn := stat(t, f.p), stat(t, src), stat(t, snap)
 	if ss.Ino != FirstFreeObjectID || sn.Ino != FirstFreeObjectID {
 		t.Errorf("inodes: source %d, snapshot %d, want %d", ss.Ino, sn.Ino, FirstFreeObjectID)
@@ -433,5 +440,28 @@ func TestUnprivileged(t *testing.T) {
 				t.Errorf("snapshot still there: %v", err)
 			}
 		})
+	}
+}
+
+// TestNestedSubvolumes lists more subvolumes than one ioctl returns (255),
+// as a user who is not root.
+func TestNestedSubvolumes(t *testing.T) {
+	f := newFixture(t)
+	outer := f.subvol("outer")
+	if err := os.Mkdir(filepath.Join(outer, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dfd := f.open(filepath.Join(outer, "d"))
+	const n = 300
+	for i := range n {
+		if err := CreateSubvolume(dfd, "s"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ofd := f.open(outer)
+	var ids []uint64
+	err := creds.Do(&nobody, func() (err error) { ids, err = NestedSubvolumes(ofd); return err })
+	if err != nil || len(ids) != n {
+		t.Errorf("NestedSubvolumes: %d ids, %v; want %d", len(ids), err, n)
 	}
 }
