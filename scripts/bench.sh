@@ -2,12 +2,19 @@
 # Benchmarks treetx against cp -al on deterministic CVS-like trees.
 #
 #   scripts/bench.sh [-r RUNS] [-s "1000 100000 1000000"] [-x] [-e] [WORKDIR]
+#   scripts/bench.sh -b [-r RUNS] [-s SIZES] [WORKDIR]
 #
 # -r: runs per measurement (median is reported; default 5)
 # -s: tree sizes in files (default "1000 100000")
 # -x: also run every measurement on a loop-mounted XFS image (needs root)
 # -e: also on a loop-mounted ext4 image, made by mkfs.ext4 with its
 #     defaults (a journal), for a file system that WORKDIR's may not be
+# -b: instead, on a loop-mounted btrfs image (needs root and btrfs-progs),
+#     the cost of a shadow made of hard links against a snapshot: cp -al and
+#     rm -rf of the corpus, against btrfs subvolume snapshot and delete of
+#     it as a subvolume, and against treetx's own Snapshot, syncfs,
+#     DeleteSubvolume and syncfs (scripts/snapbench); and treetx convert
+#     of the corpus into that subvolume, once per size
 # WORKDIR (default /var/tmp/treetx-bench) keeps the corpora between runs; it
 # must be on the file system to measure. Commands are alternated within each
 # run so that a noisy machine affects them alike. Prints a Markdown table.
@@ -15,13 +22,15 @@ set -eu
 runs=5
 sizes="1000 100000"
 images=
-while getopts r:s:xe opt; do
+btrfs=
+while getopts r:s:xeb opt; do
   case $opt in
     r) runs=$OPTARG ;;
     s) sizes=$OPTARG ;;
     x) images="$images xfs" ;;
     e) images="$images ext4" ;;
-    *) echo "usage: $0 [-r RUNS] [-s SIZES] [-x] [-e] [WORKDIR]" >&2; exit 64 ;;
+    b) btrfs=1 ;;
+    *) echo "usage: $0 [-r RUNS] [-s SIZES] [-x] [-e] [WORKDIR]; $0 -b [-r RUNS] [-s SIZES] [WORKDIR]" >&2; exit 64 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -125,8 +134,80 @@ report() {
   done
 }
 
+# measure_btrfs PLAIN SUBVOL LABEL: appends one run of the -b measurements
+# of the corpus PLAIN (a directory) and SUBVOL (the same tree, a subvolume).
+measure_btrfs() {
+  c=$1 v=$2 label=$3 x=$(dirname "$1")/x.$$ s=$(dirname "$2")/s.$$
+  # Each timed command starts with nothing to write back, and with the
+  # cleaner done with the subvolumes deleted before.
+  settle() { sync; btrfs subvolume sync "$(dirname "$c")" >/dev/null 2>&1 || true; }
+  settle
+  t0=$(now); cp -al "$c" "$x"; t1=$(now)
+  echo "$label cpal $((t1 - t0))" >>"$results"
+  settle
+  t0=$(now); rm -rf "$x"; t1=$(now)
+  echo "$label rmrf $((t1 - t0))" >>"$results"
+  settle
+  t0=$(now); cp -al "$c" "$x"; sync -f "$x"; t1=$(now)
+  echo "$label cpalsync $((t1 - t0))" >>"$results"
+  rm -rf "$x"
+  settle
+  t0=$(now); btrfs subvolume snapshot "$v" "$s" >/dev/null; t1=$(now)
+  echo "$label clisnap $((t1 - t0))" >>"$results"
+  t0=$(now); btrfs subvolume delete "$s" >/dev/null; t1=$(now)
+  echo "$label clidel $((t1 - t0))" >>"$results"
+  settle
+  "$work/snapbench" "$v" | sed "s#^#$label #" >>"$results"
+}
+
+report_btrfs() {
+  echo "| files | cp -al | cp -al + sync -f | rm -rf | btrfs subvolume snapshot | btrfs subvolume delete | (cp -al + rm -rf) / (snapshot + delete) | Snapshot | syncfs after it | DeleteSubvolume | syncfs after it | (cp -al + rm -rf) / (the four) | treetx convert (once) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for label in $(awk '{ print $1 }' "$results" | sort -t/ -k2n | uniq); do
+    get() { awk -v l="$label" -v k="$1" '$1 == l && $2 == k { print $3 }' "$results" | median; }
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a / b }'; }
+    cpal=$(get cpal) cpals=$(get cpalsync) rm=$(get rmrf) cs=$(get clisnap) cd=$(get clidel)
+    sn=$(get snapshot) ss=$(get snapsync) de=$(get delete) ds=$(get delsync) cv=$(get convert)
+    echo "| ${label#*/} | $(ms "$cpal") ms | $(ms "$cpals") ms | $(ms "$rm") ms | $(ms "$cs") ms | $(ms "$cd") ms | $(ratio "$((cpal + rm))" "$((cs + cd))") | $(ms "$sn") ms | $(ms "$ss") ms | $(ms "$de") ms | $(ms "$ds") ms | $(ratio "$((cpal + rm))" "$((sn + ss + de + ds))") | $(ms "${cv:-0}") ms |"
+  done
+}
+
 results=$work/results.$$
 : >"$results"
+if [ -n "$btrfs" ]; then
+  m=$work/btrfs-image
+  mkdir -p "$m"
+  if ! mountpoint -q "$m"; then
+    truncate -s 40G "$m.img"
+    mkfs.btrfs -q -f "$m.img" >/dev/null
+    mount -o loop "$m.img" "$m"
+  fi
+  (cd "$top" && go build -o "$work/snapbench" ./scripts/snapbench)
+  specs=
+  for n in $sizes; do
+    c=$(corpus "$m" "$n") v=$m/v$n
+    # The subvolume: a fresh corpus converted by treetx, timed.
+    if [ -d "$v" ]; then
+      btrfs subvolume delete "$v" >/dev/null 2>&1 || rm -rf "$v"
+    fi
+    (cd "$top" && go run ./scripts/mkcorpus "$v" "$n")
+    sync
+    t0=$(now); "$tx" convert "$v" >/dev/null; t1=$(now)
+    echo "btrfs/$n convert $((t1 - t0))" >>"$results"
+    specs="$specs $c:$v:btrfs/$n"
+  done
+  for r in $(seq "$runs"); do
+    for spec in $specs; do
+      c=${spec%%:*} rest=${spec#*:} v=${rest%%:*} label=${rest#*:}
+      measure_btrfs "$c" "$v" "$label"
+    done
+    echo "run $r of $runs done" >&2
+  done
+  echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo) GiB, $(uname -r), btrfs image, median of $runs runs"
+  report_btrfs
+  rm -f "$results"
+  exit 0
+fi
 dirs=
 for n in $sizes; do dirs="$dirs ext:$n:$(corpus "$work" "$n")"; done
 for fs in $images; do

@@ -12,7 +12,7 @@
 //
 // Durability: a snapshot is created inside a transaction commit, so it is
 // on disk when Snapshot returns; CreateSubvolume and DeleteSubvolume are
-// not (since Linux 6.4 and always, respectively). The protocol does not
+// not (the first since a 2023 change; docs/btrfs.md). The protocol does not
 // lean on the first: callers make each step durable with syncfs(2), which
 // on btrfs commits the running transaction and costs next to nothing when
 // the snapshot's own commit left nothing to write.
@@ -222,7 +222,7 @@ func openPath(dirfd int, name string) (int, error) {
 // directory there may create a subvolume. Its root gets mode 0777 less the
 // umask and this process's file-system uid and gid (the parent's group
 // where it is set-group-ID), as mkdir(2) would. It is not durable when
-// this returns (Linux 6.4 and later): syncfs(2) makes it so.
+// this returns (on kernels since a 2023 change): syncfs(2) makes it so.
 func CreateSubvolume(parentfd int, name string) error {
 	if err := checkName(name); err != nil {
 		return fmt.Errorf("btrfs: create subvolume: %w", err)
