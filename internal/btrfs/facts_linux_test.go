@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 }
 
 // nobody is the user the unprivileged facts are checked as.
-var nobody = creds.ID{UID: 65534, GID: 65534}
+func nobody() *creds.ID { return &creds.ID{UID: 65534, GID: 65534} }
 
 // fixture is a btrfs image with a directory p to work in.
 type fixture struct {
@@ -413,11 +413,11 @@ func TestUnprivileged(t *testing.T) {
 			if err := os.Mkdir(home, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Chown(home, int(nobody.UID), int(nobody.GID)); err != nil {
+			if err := os.Chown(home, int(nobody().UID), int(nobody().GID)); err != nil {
 				t.Fatal(err)
 			}
 			hfd, rfd := f.open(home), f.open(rootsv)
-			as := func(fn func() error) error { return creds.Do(&nobody, fn) }
+			as := func(fn func() error) error { return creds.Do(nobody(), fn) }
 			wantErrno(t, "create a subvolume", as(func() error { return CreateSubvolume(hfd, "mine") }), nil)
 			if err := as(func() error { return os.WriteFile(filepath.Join(home, "mine/f"), []byte("x"), 0o644) }); err != nil {
 				t.Fatal(err)
@@ -460,7 +460,7 @@ func TestNestedSubvolumes(t *testing.T) {
 	}
 	ofd := f.open(outer)
 	var ids []uint64
-	err := creds.Do(&nobody, func() (err error) { ids, err = NestedSubvolumes(ofd); return err })
+	err := creds.Do(nobody(), func() (err error) { ids, err = NestedSubvolumes(ofd); return err })
 	if err != nil || len(ids) != n {
 		t.Errorf("NestedSubvolumes: %d ids, %v; want %d", len(ids), err, n)
 	}

@@ -30,7 +30,7 @@ type ImageOptions struct {
 	Mount []string
 }
 
-// imageGroups are the groups whose tests FSImage serves, by type.
+// imageGroup is the Group of the tests that need an image of type fstype.
 func imageGroup(fstype string) Group {
 	switch fstype {
 	case "btrfs":
