@@ -312,7 +312,7 @@ func (c *converter) finish(dirRoot bool, st *unix.Stat_t) error {
 		if err := c.deleteCopy("V2"); err != nil {
 			return err
 		}
-		c.res.Finished = "an interrupted conversion's unfinished copy was deleted; converted again"
+		c.res.Finished = "the unfinished copy an interrupted conversion left was deleted"
 		return nil
 	case !convRoot && dirRoot:
 		// Interrupted after the exchange: T.converting is the old tree,
