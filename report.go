@@ -57,3 +57,11 @@ func printReport(w io.Writer, r *txrecover.Report, asJSON, dryRun bool) {
 	}
 	fmt.Fprintln(w, line)
 }
+
+// printPlan prints the steps of r's plan under its line, one an indented
+// line: its ID in docs/protocol.md, what it does, the path it acts on.
+func printPlan(w io.Writer, r *txrecover.Report) {
+	for _, s := range r.Plan {
+		fmt.Fprintf(w, "  %s\n", s)
+	}
+}

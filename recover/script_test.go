@@ -49,6 +49,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	"github.com/treetx/treetx/lock"
@@ -740,7 +741,7 @@ var idRE = regexp.MustCompile(`\.[0-9a-f]{16}$`)
 func crashState(t testing.TB, dir string) string {
 	t.Helper()
 	parent := filepath.Dir(dir)
-	j, err := txn.ReadJournal(filepath.Join(parent, ".#treetx.repo.journal"))
+	j, err := layout.ReadJournal(filepath.Join(parent, ".#treetx.repo.journal"))
 	phase := "no journal"
 	if err == nil {
 		phase = string(j.Phase)
@@ -1580,7 +1581,7 @@ func TestScriptRollbackJournal(t *testing.T) {
 	if at < 0 || !runVictim(t, "recover", dirGo, "inplace", rfs.Ops()[at].Step) {
 		t.Fatal("no journal write in Go's recovery")
 	}
-	jGo, err := txn.ReadJournal(journal(dirGo))
+	jGo, err := layout.ReadJournal(journal(dirGo))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1598,11 +1599,11 @@ func TestScriptRollbackJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jSh, err := txn.ReadJournal(journal(dirSh))
+	jSh, err := layout.ReadJournal(journal(dirSh))
 	if err != nil {
 		t.Fatalf("Go cannot read the script's journal: %v\n%s", err, raw)
 	}
-	if jSh.Phase != txn.PhaseRollback || !slices.Equal(jSh.Lost, jGo.Lost) || len(jGo.Lost) != len(inPlaceFiles) {
+	if jSh.Phase != txrecover.PhaseRollback || !slices.Equal(jSh.Lost, jGo.Lost) || len(jGo.Lost) != len(inPlaceFiles) {
 		t.Errorf("the script's journal says phase %s, lost %q; Go's: phase %s, lost %q", jSh.Phase, jSh.Lost, jGo.Phase, jGo.Lost)
 	}
 	want, err := json.MarshalIndent(jSh, "", "  ")

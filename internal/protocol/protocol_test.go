@@ -1,4 +1,4 @@
-package txn
+package protocol
 
 import (
 	"os"
@@ -9,22 +9,20 @@ import (
 	"testing"
 )
 
-// TestProtocolIDsInCode: every step (B1..B8, C1..C8, R1..R7) and every
-// crash-state row (1..16, 3a) that docs/protocol.md names is named in the
-// code that performs it (a step in txn, a row in txn or recover), and the
-// code names none the document does not have.
+// TestProtocolIDsInCode: every step (B1..B8, C1..C8, R1..R7, G1..G3) and
+// every crash-state row (1..17, 3a) that docs/protocol.md names is named in
+// the code that performs it (a step here or in recover, a row here, in
+// layout or in recover), and the code names none the document does not
+// have.
 func TestProtocolIDsInCode(t *testing.T) {
-	doc, err := os.ReadFile(filepath.Join("..", "docs", "protocol.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	docSteps := matches(regexp.MustCompile(`(?m)^\| ([BCR][0-9]) \|`), string(doc))
-	docRows := matches(regexp.MustCompile(`(?m)^\| ([0-9]+a?) \|`), string(doc))
+	doc := readDoc(t)
+	docSteps := matches(regexp.MustCompile(`(?m)^\| ([BCRG][0-9]) \|`), doc)
+	docRows := matches(regexp.MustCompile(`(?m)^\| ([0-9]+a?) \|`), doc)
 	if len(docSteps) < 20 || len(docRows) < 16 {
 		t.Fatalf("docs/protocol.md: found steps %v and rows %v: is the table still there?", docSteps, docRows)
 	}
 	var code strings.Builder
-	for _, dir := range []string{".", filepath.Join("..", "recover")} {
+	for _, dir := range []string{".", filepath.Join("..", "layout"), filepath.Join("..", "..", "recover")} {
 		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
 		if err != nil {
 			t.Fatal(err)
@@ -42,8 +40,8 @@ func TestProtocolIDsInCode(t *testing.T) {
 	}
 	// A step is named as a string ("B3") or in a comment (// B3: ...,
 	// C5..C8); a row in a comment (// row 8, // rows 10, 11).
-	codeSteps := matches(regexp.MustCompile(`["\s(]([BCR][0-9])\b`), code.String())
-	for _, r := range regexp.MustCompile(`([BCR])([0-9])\.\.[BCR]([0-9])`).FindAllStringSubmatch(code.String(), -1) {
+	codeSteps := matches(regexp.MustCompile(`["\s(]([BCRG][0-9])\b`), code.String())
+	for _, r := range regexp.MustCompile(`([BCRG])([0-9])\.\.[BCRG]([0-9])`).FindAllStringSubmatch(code.String(), -1) {
 		for i := r[2][0]; i <= r[3][0]; i++ {
 			codeSteps = append(codeSteps, r[1]+string(i))
 		}
@@ -54,6 +52,15 @@ func TestProtocolIDsInCode(t *testing.T) {
 	}
 	compare(t, "step", docSteps, codeSteps)
 	compare(t, "crash-state row", docRows, codeRows)
+}
+
+func readDoc(t *testing.T) string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "protocol.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(doc)
 }
 
 func matches(re *regexp.Regexp, s string) []string {
@@ -72,7 +79,7 @@ func compare(t *testing.T, what string, doc, code []string) {
 	code = slices.Compact(code)
 	for _, id := range doc {
 		if !slices.Contains(code, id) {
-			t.Errorf("docs/protocol.md names %s %s, which no code in txn/ or recover/ names", what, id)
+			t.Errorf("docs/protocol.md names %s %s, which the code does not name", what, id)
 		}
 	}
 	for _, id := range code {
