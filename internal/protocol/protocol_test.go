@@ -54,6 +54,33 @@ func TestProtocolIDsInCode(t *testing.T) {
 	compare(t, "crash-state row", docRows, codeRows)
 }
 
+// TestScriptStepsNamed: scripts/treetx-recover.sh names, in a "# step ID"
+// header, every step of docs/protocol.md that recovery takes (C4..C8,
+// R1..R7, G1..G3) in the function that takes it, and no other.
+func TestScriptStepsNamed(t *testing.T) {
+	doc := readDoc(t)
+	var want []string
+	for _, id := range matches(regexp.MustCompile(`(?m)^\| ([CRG][0-9]) \|`), doc) {
+		if id[0] != 'C' || id >= "C4" {
+			want = append(want, id)
+		}
+	}
+	script, err := os.ReadFile(filepath.Join("..", "..", "scripts", "treetx-recover.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range regexp.MustCompile(`(?m)^# steps? ([^:\n]*)`).FindAllStringSubmatch(string(script), -1) {
+		got = append(got, regexp.MustCompile(`\b[BCRG][0-9]\b`).FindAllString(m[1], -1)...)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^# steps? .*\n(?:#.*\n)*([A-Za-z_0-9]+)\(\)`).FindAllStringSubmatch(string(script), -1) {
+		if !strings.HasPrefix(m[1], "step_") {
+			t.Errorf("scripts/treetx-recover.sh: %s has a step header, but its name does not start with step_", m[1])
+		}
+	}
+	compare(t, "recovery step (scripts/treetx-recover.sh)", want, got)
+}
+
 func readDoc(t *testing.T) string {
 	t.Helper()
 	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "protocol.md"))
