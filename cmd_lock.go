@@ -101,7 +101,8 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 			lk.Release()
 		}
 		fmt.Fprintf(stderr, "treetx: lock: interrupted by %v while waiting for the lock; the command was not run\n", s)
-		return exitStatus(128 + int(s.(syscall.Signal)))
+		sig, _ := s.(syscall.Signal) // signal.Notify sends only those
+		return exitStatus(128 + int(sig))
 	}
 	if err != nil {
 		return o.wait.conflict(err)

@@ -166,6 +166,27 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
+// Line is the report on one line, as treetx recover and
+// scripts/treetx-recover.sh print it: the directory, its state, what was
+// found, and the action, done ("did: "), to be done in a dry run
+// ("would: "), or not done; then the content a rollback found lost.
+func (r *Report) Line(dryRun bool) string {
+	line := fmt.Sprintf("%s: %s: %s", r.Dir, r.State, r.Found)
+	switch {
+	case r.Action == "":
+	case r.Done:
+		line += "; did: " + r.Action
+	case dryRun:
+		line += "; would: " + r.Action
+	default:
+		line += "; " + r.Action
+	}
+	if len(r.Lost) > 0 {
+		line += fmt.Sprintf("; the old content of %d file(s) is lost, failed tree kept at %s", len(r.Lost), r.Kept)
+	}
+	return line
+}
+
 func nonNil(s []string) []string {
 	if s == nil {
 		return []string{}

@@ -468,25 +468,6 @@ type outcome struct {
 	line  string // Go's: the line treetx recover prints
 }
 
-// goLine is the line `treetx recover` prints for r (cmd_recover.go's
-// printReport).
-func goLine(r *txrecover.Report, dryRun bool) string {
-	line := fmt.Sprintf("%s: %s: %s", r.Dir, r.State, r.Found)
-	switch {
-	case r.Action == "":
-	case r.Done:
-		line += "; did: " + r.Action
-	case dryRun:
-		line += "; would: " + r.Action
-	default:
-		line += "; " + r.Action
-	}
-	if len(r.Lost) > 0 {
-		line += fmt.Sprintf("; the old content of %d file(s) is lost, failed tree kept at %s", len(r.Lost), r.Kept)
-	}
-	return line
-}
-
 // firstLine is the script's line.
 func firstLine(stdout string) string {
 	line, _, _ := strings.Cut(stdout, "\n")
@@ -506,7 +487,7 @@ func goRecover(dir string, dryRun bool) outcome {
 	if r != nil {
 		o.state = string(r.State)
 		o.out = fmt.Sprintf("%s: %s: %s; %s (done %v)", r.Dir, r.State, r.Found, r.Action, r.Done)
-		o.line = goLine(r, dryRun)
+		o.line = r.Line(dryRun)
 	}
 	if err != nil {
 		o.out += "; error: " + err.Error()

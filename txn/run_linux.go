@@ -18,6 +18,8 @@ type InterruptedError struct {
 	Signal syscall.Signal
 }
 
+// Error says which signal interrupted the transaction, and that nothing
+// was changed.
 func (e *InterruptedError) Error() string {
 	return fmt.Sprintf("interrupted by %v before the command started; nothing was changed", e.Signal)
 }
@@ -126,7 +128,8 @@ func begin(ctx context.Context, dir string, opts Options, sigs <-chan os.Signal)
 	if s == nil {
 		return tx, err
 	}
-	got := &InterruptedError{Signal: s.(syscall.Signal)}
+	sig, _ := s.(syscall.Signal) // signal.Notify sends only those
+	got := &InterruptedError{Signal: sig}
 	if tx != nil {
 		if _, rbErr := tx.Rollback(); rbErr != nil {
 			return nil, errors.Join(got, rbErr)

@@ -342,6 +342,7 @@ type fdWriter struct {
 	fd int
 }
 
+// Write writes p whole through the seam.
 func (w fdWriter) Write(p []byte) (int, error) {
 	if err := w.fs.Write(w.fd, p); err != nil {
 		return 0, err

@@ -34,6 +34,8 @@ type LostContentError struct {
 	Kept  string   // the failed tree, kept for inspection
 }
 
+// Error says that the directory was rolled back but for the old content of
+// how many files, and where the failed tree is kept.
 func (e *LostContentError) Error() string {
 	return fmt.Sprintf("%s: rolled back, but the old content of %d file(s) written in place is lost (the failed tree is kept at %s)", e.Dir, len(e.Paths), e.Kept)
 }
