@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/treetx/treetx/internal/layout"
 	txrecover "github.com/treetx/treetx/recover"
-	"github.com/treetx/treetx/txn"
 )
 
 type gcOptions struct {
@@ -102,10 +102,10 @@ func (s *gcSummary) add(r *txrecover.Report, dryRun bool) bool {
 	default:
 		acted = false
 	}
-	if n, err := txn.NamesFor(r.Dir); err == nil {
+	if n, err := layout.NamesFor(r.Dir); err == nil {
 		for _, p := range r.Removed {
 			switch n.Classify(filepath.Base(p)) {
-			case txn.KindMeta, txn.KindJournalTmp:
+			case layout.KindMeta, layout.KindJournalTmp:
 				s.files++
 			default:
 				s.trees++

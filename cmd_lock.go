@@ -2,19 +2,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/command"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/txn"
 )
@@ -60,14 +58,8 @@ was not had within --lock-timeout; 125 if treetx failed or DIR needs recovery;
 			if o.shared && o.exclusive {
 				return usageErrorf("lock: --shared (-s) and --exclusive (-x) exclude each other (see %s --help)", cmd.CommandPath())
 			}
-			dash := cmd.ArgsLenAtDash()
-			switch {
-			case dash < 0:
-				return usageErrorf("lock: missing -- before the command (usage: treetx lock [--shared] DIR -- COMMAND [ARG...])")
-			case dash != 1:
-				return usageErrorf("lock: want exactly one DIR before --, got %d (usage: treetx lock [--shared] DIR -- COMMAND [ARG...])", dash)
-			case len(args) == 1:
-				return usageErrorf("lock: no command after -- (usage: treetx lock [--shared] DIR -- COMMAND [ARG...])")
+			if err := dirCommandArgs(cmd, args, "treetx lock [--shared] DIR -- COMMAND [ARG...]"); err != nil {
+				return err
 			}
 			return runLock(cmd.Context(), args[0], args[1:], o, cmd.ErrOrStderr())
 		},
@@ -85,41 +77,32 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 		fmt.Fprintf(stderr, "treetx: %v\n", err)
 		return exitStatus(status)
 	}
-	n, err := lockNames(dir)
+	n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForLock})
 	if err != nil {
 		return err
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// A signal while waiting for the lock cancels the wait; got says whether
-	// one came before the command could take over the signals.
-	got := make(chan os.Signal, 1)
-	go func() {
-		select {
-		case s := <-sigs:
-			cancel()
-			got <- s
-		case <-wctx.Done():
-			got <- nil
-		}
-	}()
 	mode := lock.Exclusive
 	if o.shared {
 		mode = lock.Shared
 	}
+	// A signal while waiting for the lock cancels the wait, before the
+	// command could take over the signals.
 	stopShowing := showLockWait(newProgressLine(stderr, o.quiet), n.Dir, n.Path(n.Lock))
-	lk, err := lock.Acquire(wctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: o.wait.wait(), Gate: n.Path(n.Gate)})
+	var lk *lock.Lock
+	s := command.WhileWaiting(ctx, sigs, func(ctx context.Context) {
+		lk, err = lock.Acquire(ctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: o.wait.wait(), Gate: n.Path(n.Gate)})
+	})
 	stopShowing()
-	cancel()
-	if s := <-got; s != nil {
+	if s != nil {
 		if lk != nil {
 			lk.Release()
 		}
 		fmt.Fprintf(stderr, "treetx: lock: interrupted by %v while waiting for the lock; the command was not run\n", s)
-		return exitStatus(128 + int(s.(syscall.Signal)))
+		sig, _ := s.(syscall.Signal) // signal.Notify sends only those
+		return exitStatus(128 + int(sig))
 	}
 	if err != nil {
 		return o.wait.conflict(err)
@@ -181,33 +164,4 @@ func showLockWait(p *progressLine, dir, path string) (stop func()) {
 		<-stopped
 		p.clear()
 	}
-}
-
-// lockNames resolves DIR as treetx run does (symlinks once; a missing DIR is
-// fine when its parent holds a journal for it, which is then reported) and
-// returns treetx's names for it.
-func lockNames(dir string) (txn.Names, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return txn.Names{}, err
-	}
-	real, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		parent, perr := filepath.EvalSymlinks(filepath.Dir(abs))
-		if perr != nil {
-			return txn.Names{}, fmt.Errorf("%s: no such directory", dir)
-		}
-		real = filepath.Join(parent, filepath.Base(abs))
-		if _, err := os.Lstat(filepath.Join(parent, txn.Prefix+filepath.Base(abs)+".journal")); err != nil {
-			return txn.Names{}, fmt.Errorf("%s: no such directory", dir)
-		}
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(real, &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return txn.Names{}, fmt.Errorf("%s: not a directory", dir)
-	}
-	if real == "/" {
-		return txn.Names{}, errors.New("/: the root directory has no parent to keep a lock in")
-	}
-	return txn.NamesFor(real)
 }

@@ -31,6 +31,11 @@ commit or rollback that was half done, and removes abandoned leftovers. It
 never installs a tree whose root is not the inode the journal records, and it
 does nothing destructive when the journal is unreadable.
 
+With --dry-run, nothing is changed: each DIR's line says what recover would
+do, followed by its plan, one step a line, each named by its ID in the
+protocol (docs/protocol.md): C4..C8 and R1..R7 resume a commit or a
+rollback, G1..G3 remove what no journal claims.
+
 With --scan, the arguments are roots: every directory under them (the roots
 included) that has something of treetx's beside it other than its lock file is
 recovered, one line each. The walk does not follow symlinks, does not cross
@@ -46,7 +51,7 @@ needs a person (or recovery failed, or it is not a directory; 125 wins over
 			return runRecover(args, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	c.Flags().BoolVar(&o.dryRun, "dry-run", false, "say what would be done, change nothing")
+	c.Flags().BoolVar(&o.dryRun, "dry-run", false, "say what would be done, step by step, change nothing")
 	c.Flags().BoolVar(&o.json, "json", false, "print one JSON object per DIR (see docs/protocol.md)")
 	c.Flags().BoolVar(&o.scan, "scan", false, "the arguments are roots: recover every directory under them that has leftovers")
 	return c
@@ -69,6 +74,9 @@ func runRecover(args []string, o *recoverOptions, stdout, stderr io.Writer) erro
 			progress.clear()
 		}
 		printReport(stdout, r, o.json, o.dryRun)
+		if o.dryRun && !o.json {
+			printPlan(stdout, r)
+		}
 		if err != nil {
 			if !errors.Is(err, txrecover.ErrBusy) {
 				fmt.Fprintf(stderr, "treetx: recover: %v\n", err)

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/txn"
 )
 
@@ -61,14 +62,8 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 			if o.quiet && o.verbose {
 				return usageErrorf("run: --quiet (-q) and --verbose (-v) exclude each other (see %s --help)", cmd.CommandPath())
 			}
-			dash := cmd.ArgsLenAtDash()
-			switch {
-			case dash < 0:
-				return usageErrorf("run: missing -- before the command (usage: treetx run DIR -- COMMAND [ARG...])")
-			case dash != 1:
-				return usageErrorf("run: want exactly one DIR before --, got %d (usage: treetx run DIR -- COMMAND [ARG...])", dash)
-			case len(args) == 1:
-				return usageErrorf("run: no command after -- (usage: treetx run DIR -- COMMAND [ARG...])")
+			if err := dirCommandArgs(cmd, args, "treetx run DIR -- COMMAND [ARG...]"); err != nil {
+				return err
 			}
 			return runRun(cmd.Context(), args[0], args[1:], o, cmd.ErrOrStderr())
 		},
@@ -100,7 +95,7 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 	if progress != nil {
 		// A wait for the lock over a second is shown, naming the holder,
 		// as treetx lock does.
-		if n, err := lockNames(dir); err == nil {
+		if n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForLock}); err == nil {
 			stopWait := sync.OnceFunc(showLockWait(progress, n.Dir, n.Path(n.Lock)))
 			defer stopWait()
 			opts.Locked = stopWait

@@ -21,6 +21,22 @@ func notDirectory(dir string) error {
 	return nil
 }
 
+// dirCommandArgs checks the arguments of a command that runs COMMAND on
+// DIR (run, lock): exactly one DIR, then --, then COMMAND. usage is the
+// command's usage line, for the message.
+func dirCommandArgs(c *cobra.Command, args []string, usage string) error {
+	dash := c.ArgsLenAtDash()
+	switch {
+	case dash < 0:
+		return usageErrorf("%s: missing -- before the command (usage: %s)", c.Name(), usage)
+	case dash != 1:
+		return usageErrorf("%s: want exactly one DIR before --, got %d (usage: %s)", c.Name(), dash, usage)
+	case len(args) == 1:
+		return usageErrorf("%s: no command after -- (usage: %s)", c.Name(), usage)
+	}
+	return nil
+}
+
 // refusedReport is the report of a DIR that could not be inspected, as
 // package recover makes it.
 func refusedReport(dir string, err error) *txrecover.Report {

@@ -23,6 +23,7 @@ const (
 // usageError is a bad command line.
 type usageError struct{ msg string }
 
+// Error is the message, which names the command and what is wrong.
 func (e *usageError) Error() string { return e.msg }
 
 func usageErrorf(format string, args ...any) error {
@@ -36,13 +37,17 @@ type codedError struct {
 	code int
 }
 
+// Error is the error's own message.
 func (e *codedError) Error() string { return e.err.Error() }
+
+// Unwrap returns the error.
 func (e *codedError) Unwrap() error { return e.err }
 
 // exitStatus carries an exit status whose reason was already printed (or
 // needs no message: the command's own status).
 type exitStatus int
 
+// Error names the status (it is not printed: its reason was).
 func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // exitCode maps an error to the process's exit status.

@@ -42,18 +42,13 @@ func printReport(w io.Writer, r *txrecover.Report, asJSON, dryRun bool) {
 	if r.State == txrecover.StateError {
 		return
 	}
-	line := fmt.Sprintf("%s: %s: %s", r.Dir, r.State, r.Found)
-	switch {
-	case r.Action == "":
-	case r.Done:
-		line += "; did: " + r.Action
-	case dryRun:
-		line += "; would: " + r.Action
-	default:
-		line += "; " + r.Action
+	fmt.Fprintln(w, r.Line(dryRun))
+}
+
+// printPlan prints the steps of r's plan under its line, one an indented
+// line: its ID in docs/protocol.md, what it does, the path it acts on.
+func printPlan(w io.Writer, r *txrecover.Report) {
+	for _, s := range r.Plan {
+		fmt.Fprintf(w, "  %s\n", s)
 	}
-	if len(r.Lost) > 0 {
-		line += fmt.Sprintf("; the old content of %d file(s) is lost, failed tree kept at %s", len(r.Lost), r.Kept)
-	}
-	fmt.Fprintln(w, line)
 }

@@ -492,7 +492,7 @@ func TestRecoverTwoAtOnce(t *testing.T) {
 
 // statusFields are the fields of the JSON of status and recover, as
 // docs/protocol.md lists them: every one always present.
-var statusFields = []string{"dir", "state", "phase", "lock_held", "holder", "journal", "found", "action", "done", "removed", "lost", "kept", "error"}
+var statusFields = []string{"dir", "state", "row", "phase", "lock_held", "holder", "journal", "found", "action", "plan", "done", "removed", "lost", "kept", "error"}
 
 var holderFields = []string{"pid", "host", "user", "command", "since", "running"}
 
@@ -514,7 +514,7 @@ func decodeReport(t *testing.T, out string) map[string]any {
 	if !slices.Equal(slices.Sorted(slices.Values(keys)), slices.Sorted(slices.Values(statusFields))) {
 		t.Errorf("fields %v, want %v", slices.Sorted(slices.Values(keys)), slices.Sorted(slices.Values(statusFields)))
 	}
-	for _, k := range []string{"removed", "lost"} {
+	for _, k := range []string{"removed", "lost", "plan"} {
 		if _, ok := m[k].([]any); !ok {
 			t.Errorf("%s is %v, want a list", k, m[k])
 		}

@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/testenv"
-	"github.com/treetx/treetx/txn"
 )
 
 // FuzzRecover builds a crash state out of fuzzed parts (a phase, where the
@@ -42,7 +42,7 @@ func FuzzRecover(f *testing.F) {
 		secret := filepath.Join(outside, "secret")
 		must(t, os.WriteFile(secret, []byte("secret"), 0o600))
 		must(t, os.WriteFile(filepath.Join(dir, "f"), []byte("old\n"), 0o644))
-		n, err := txn.NamesFor(dir)
+		n, err := layout.NamesFor(dir)
 		must(t, err)
 		// The shadow: a directory holding a hard link of f, and a
 		// symlink out of the tree.
@@ -57,15 +57,15 @@ func FuzzRecover(f *testing.F) {
 		var st, fst unix.Stat_t
 		must(t, unix.Lstat(sh, &st))
 		must(t, unix.Lstat(filepath.Join(dir, "f"), &fst))
-		shadowID := txn.FileID{Dev: uint64(st.Dev), Ino: st.Ino}
+		shadowID := layout.FileID{Dev: uint64(st.Dev), Ino: st.Ino}
 		switch shadowName {
 		case n.Base:
 			must(t, unix.Lstat(dir, &st))
-			shadowID = txn.FileID{Dev: uint64(st.Dev), Ino: st.Ino}
+			shadowID = layout.FileID{Dev: uint64(st.Dev), Ino: st.Ino}
 		case "elsewhere":
 			shadowID.Ino++
 		}
-		phases := []txn.Phase{txn.PhaseSnapshot, txn.PhaseRunning, txn.PhaseCommit, txn.PhaseRollback, "bogus"}
+		phases := []Phase{PhaseSnapshot, PhaseRunning, PhaseCommit, PhaseRollback, "bogus"}
 		j := map[string]any{
 			"version": 1, "id": "3f9c0a1b2c3d4e5f", "pid": 1, "host": "h", "user": "u",
 			"command": []string{"true"}, "start": "2026-11-22T01:02:03.456Z",

@@ -3,9 +3,24 @@
 // finds such directories under a root (Scan) and collects the garbage of
 // finished transactions (GC).
 //
-// The package is named recover after its folder; a file that imports it
-// cannot call the builtin recover() unless it imports it under another name
-// (the treetx command imports it as txrecover).
+// Recovery of one directory goes in three stages, under the directory's
+// lock (taken without waiting, released in one place):
+//
+//   - classify reads the names beside the directory and its journal and
+//     says which row of the crash-state table they are (Report.Row), and
+//     whether recovery may act on it (Report.State);
+//   - plan lists the steps recovery will take, in order, each named by its
+//     ID in docs/protocol.md (Report.Plan: R1..R7 and C4..C8 for a
+//     transaction's journal, G1..G3 for what no journal claims);
+//   - apply carries the plan out. A dry run stops before it.
+//
+// The package is named recover after its folder, which shadows Go's builtin
+// recover() in a file that imports it under that name. Import it as
+// txrecover, as the treetx command does:
+//
+//	import txrecover "github.com/treetx/treetx/recover"
+//
+//	r, err := txrecover.Recover("/srv/cvsroot", txrecover.Options{})
 package recover
 
 import (
@@ -16,17 +31,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/command"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
-	"github.com/treetx/treetx/snapshot"
 	"github.com/treetx/treetx/txn"
 )
 
@@ -55,7 +65,25 @@ var (
 	// ErrBusy: a live transaction holds the directory; it was left alone.
 	ErrBusy = errors.New("busy: a live process holds the lock")
 	// ErrNeedsPerson: the state is not one recovery may act on.
-	ErrNeedsPerson = errors.New("needs a person")
+	ErrNeedsPerson = layout.ErrNeedsPerson
+)
+
+// Journal is a transaction's journal, as docs/protocol.md ("The journal")
+// describes it: its id, process, host, user, command, start, phase, the
+// inodes of the directory and of the shadow, and the files a rollback found
+// lost.
+type Journal = layout.Journal
+
+// Phase is the step a transaction had reached, as its journal records it.
+type Phase = layout.Phase
+
+// The phases, in the order a transaction goes through them: a crash before
+// PhaseCommit rolls back, one in it finishes the commit.
+const (
+	PhaseSnapshot = layout.PhaseSnapshot
+	PhaseRunning  = layout.PhaseRunning
+	PhaseCommit   = layout.PhaseCommit
+	PhaseRollback = layout.PhaseRollback
 )
 
 // Holder is the process that holds a directory's lock, as it recorded itself
@@ -80,19 +108,25 @@ type Report struct {
 	// not be resolved).
 	Dir   string `json:"dir"`
 	State State  `json:"state"`
+	// Row is the row of docs/protocol.md's crash-state table that the
+	// names beside Dir are ("1" to "17", "3a"); "" when they were not
+	// looked at (the lock was held, an error) or are none of them.
+	Row string `json:"row"`
 	// Phase is the journal's phase, "" without a readable journal.
-	Phase txn.Phase `json:"phase"`
+	Phase Phase `json:"phase"`
 	// LockHeld is true when another process held the directory's lock.
 	LockHeld bool `json:"lock_held"`
 	// Holder is the lock's recorded holder when LockHeld, if it recorded
 	// itself (shared holders do not).
 	Holder *Holder `json:"holder"`
 	// Journal is the transaction's journal, if there is a readable one.
-	Journal *txn.Journal `json:"journal"`
+	Journal *Journal `json:"journal"`
 	// Found describes what is there; Action what Recover does (or did, or
 	// would do). Both are for people.
 	Found  string `json:"found"`
 	Action string `json:"action"`
+	// Plan lists the steps of Action, in order: done when Done is true.
+	Plan []Step `json:"plan"`
 	// Done is true once Action was carried out.
 	Done bool `json:"done"`
 	// Removed lists the leftovers (paths) removed, or with Done false those
@@ -105,8 +139,9 @@ type Report struct {
 	// Error is why recovery failed or the directory could not be inspected.
 	Error string `json:"error"`
 
-	garbage []string // names to delete when there is no journal
-	failed  []string // names of failed trees kept for inspection
+	garbage  []string // names no journal claims, to drop (rows 2, 3, 3a)
+	failed   []string // names of failed trees kept for inspection
+	shadowAt string   // the name holding the journal's shadow, if one does
 }
 
 // MarshalJSON writes every field, lists as [] rather than null.
@@ -114,6 +149,9 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	type plain Report
 	c := plain(r)
 	c.Removed, c.Lost = nonNil(c.Removed), nonNil(c.Lost)
+	if c.Plan == nil {
+		c.Plan = []Step{}
+	}
 	if c.Holder != nil {
 		h := *c.Holder
 		h.Command = nonNil(h.Command)
@@ -128,6 +166,27 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
+// Line is the report on one line, as treetx recover and
+// scripts/treetx-recover.sh print it: the directory, its state, what was
+// found, and the action, done ("did: "), to be done in a dry run
+// ("would: "), or not done; then the content a rollback found lost.
+func (r *Report) Line(dryRun bool) string {
+	line := fmt.Sprintf("%s: %s: %s", r.Dir, r.State, r.Found)
+	switch {
+	case r.Action == "":
+	case r.Done:
+		line += "; did: " + r.Action
+	case dryRun:
+		line += "; would: " + r.Action
+	default:
+		line += "; " + r.Action
+	}
+	if len(r.Lost) > 0 {
+		line += fmt.Sprintf("; the old content of %d file(s) is lost, failed tree kept at %s", len(r.Lost), r.Kept)
+	}
+	return line
+}
+
 func nonNil(s []string) []string {
 	if s == nil {
 		return []string{}
@@ -139,7 +198,7 @@ func nonNil(s []string) []string {
 type Options struct {
 	// DryRun inspects and says what would be done, without doing it.
 	DryRun bool
-	// FS performs every mutation; nil means fsys.OS.
+	// FS performs every mutation; nil means the kernel's own calls.
 	FS txn.FS
 	// Progress, if set, reports the phases that grow with the tree
 	// (checking and restoring the linked files, deleting a tree), as
@@ -154,14 +213,23 @@ type Options struct {
 
 // Inspect reports the state of dir without changing anything. It takes no
 // lock beyond a shared try, to tell a live transaction from a dead one, and
-// does not create the lock file when there is none.
+// does not create the lock file when there is none. Its plan is what
+// Recover would do.
 func Inspect(dir string) (*Report, error) {
-	n, err := resolve(dir, false)
+	n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForRecovery})
 	if err != nil {
 		return errorReport(dir, err), err
 	}
 	r, err := look(n)
-	return finishInspect(n, r, err)
+	if err != nil {
+		return errorReport(n.Dir, err), err
+	}
+	plan(r, n, nil)
+	if r.State == StateIdle && !exists(n.Dir) {
+		err := fmt.Errorf("%s: no such directory", n.Dir)
+		return errorReport(n.Dir, err), err
+	}
+	return r, nil
 }
 
 // look classifies n's state under a shared lock taken without waiting (a
@@ -169,37 +237,22 @@ func Inspect(dir string) (*Report, error) {
 // creating the lock file: a transaction creates it before anything else, so
 // without one nothing is live, unless one began meanwhile, which a second
 // look under the lock then sees.
-func look(n txn.Names) (*Report, error) {
+func look(n layout.Names) (*Report, error) {
 	if !exists(n.Path(n.Lock)) {
 		r, err := classify(n)
 		if !exists(n.Path(n.Lock)) {
 			return r, err
 		}
 	}
-	lk, err := lock.Acquire(context.Background(), n.Path(n.Lock), lock.Options{Mode: lock.Shared, Timeout: 0})
-	if err != nil {
-		var held *lock.HeldError
-		if errors.As(err, &held) {
-			return busyReport(n), nil
+	lk, r, err := lockDir(n, lock.Options{Mode: lock.Shared, Timeout: 0})
+	if lk == nil {
+		if r.State == StateError {
+			return nil, err
 		}
-		if errors.Is(err, safeopen.ErrRefused) {
-			return refusedReport(n, err), nil
-		}
-		return nil, err
+		return r, nil // in progress, or row 17
 	}
 	defer lk.Release()
 	return classify(n)
-}
-
-func finishInspect(n txn.Names, r *Report, err error) (*Report, error) {
-	if err != nil {
-		return errorReport(n.Dir, err), err
-	}
-	if r.State == StateIdle && !exists(n.Dir) {
-		err := fmt.Errorf("%s: no such directory", n.Dir)
-		return errorReport(n.Dir, err), err
-	}
-	return r, nil
 }
 
 // Recover takes dir's lock without waiting and finishes or undoes what a
@@ -211,8 +264,10 @@ func Recover(dir string, opts Options) (*Report, error) {
 	return recoverDir(dir, opts, nil)
 }
 
+// recoverDir is Recover, or with gc set GC: classify, plan, apply, under
+// the directory's lock.
 func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
-	n, err := resolve(dir, opts.NoFollow)
+	n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForRecovery, NoFollow: opts.NoFollow})
 	if err != nil {
 		r := errorReport(dir, err)
 		if errors.Is(err, ErrNeedsPerson) {
@@ -220,18 +275,17 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 		}
 		return r, err
 	}
-	if !exists(n.Path(n.Lock)) {
-		// A transaction creates the lock file first: without one, and with
-		// none of treetx's names beside the directory, there is nothing to
-		// do. Do not create the lock file then (for a mistyped name, or
-		// with another owner than the users of the directory).
-		if names, _ := readNames(n.Parent); !hasNamesOf(n, names) && !exists(n.Path(n.Lock)) {
-			if !exists(n.Dir) {
-				err := fmt.Errorf("%s: no such directory", n.Dir)
-				return errorReport(n.Dir, err), err
-			}
-			return &Report{Dir: n.Dir, State: StateIdle, Found: "no transaction"}, nil
+	if !exists(n.Path(n.Lock)) && !hasNamesOf(n) && !exists(n.Path(n.Lock)) {
+		// A transaction creates the lock file first: without one (before
+		// and after the names are listed), and with none of treetx's names
+		// beside the directory, there is nothing to do (row 1). Do not
+		// create the lock file then (for a mistyped name, or with another
+		// owner than the users of the directory).
+		if !exists(n.Dir) {
+			err := fmt.Errorf("%s: no such directory", n.Dir)
+			return errorReport(n.Dir, err), err
 		}
+		return &Report{Dir: n.Dir, State: StateIdle, Row: "1", Found: "no transaction"}, nil
 	}
 	if opts.DryRun {
 		return dryRun(n, gc)
@@ -240,81 +294,34 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	if gc != nil {
 		verb = "gc"
 	}
-	lk, err := lock.Acquire(context.Background(), n.Path(n.Lock), lock.Options{Mode: lock.Exclusive, Timeout: 0, Self: lock.Holder{Command: []string{"treetx", verb, n.Dir}}})
-	if err != nil {
-		var held *lock.HeldError
-		if errors.As(err, &held) {
-			r := busyReport(n)
+	lk, r, err := lockDir(n, lock.Options{Mode: lock.Exclusive, Timeout: 0, Self: lock.Holder{Command: []string{"treetx", verb, n.Dir}}})
+	if lk == nil {
+		if r.State == StateInProgress {
 			r.Action = "left alone"
-			return r, fmt.Errorf("%s: %w", n.Dir, ErrBusy)
 		}
-		if errors.Is(err, safeopen.ErrRefused) {
-			r := refusedReport(n, err)
-			return r, fmt.Errorf("%s: %w: %w", n.Dir, ErrNeedsPerson, err)
-		}
-		return errorReport(n.Dir, err), err
+		return r, err
 	}
-	r, err := classify(n)
-	if err != nil {
-		lk.Release()
+	defer lk.Release()
+	if r, err = classify(n); err != nil {
 		return errorReport(n.Dir, err), err
 	}
 	if r.State == StateNeedsPerson {
-		lk.Release()
 		return r, fmt.Errorf("%s: %w: %s", n.Dir, ErrNeedsPerson, r.Found)
 	}
-	fs := opts.FS
-	if fs == nil {
-		fs = fsys.OS{}
-	}
-	if gc != nil {
-		if err := expireFailed(r, n, fs, gc); err != nil {
-			lk.Release()
-			r.Error = err.Error()
-			return r, err
-		}
-	}
-	if r.State != StateNeedsRecovery && len(r.garbage) == 0 {
-		lk.Release()
-		if r.State == StateIdle && !exists(n.Dir) && len(r.Removed) == 0 {
+	plan(r, n, gc)
+	if len(r.Plan) == 0 {
+		if r.State == StateIdle && !exists(n.Dir) {
 			err := fmt.Errorf("%s: no such directory", n.Dir)
 			return errorReport(n.Dir, err), err
 		}
-		r.Done = len(r.Removed) > 0
 		return r, nil
 	}
-	if r.Journal == nil {
-		defer lk.Release()
-		if err := removeGarbage(r, n, fs, opts.Progress); err != nil {
-			err = fmt.Errorf("%s: remove leftovers: %w", n.Dir, err)
-			r.Error = err.Error()
-			return r, err
-		}
-		r.Done = true
-		return r, nil
-	}
-	// As root, the transaction of another user is finished with that
-	// user's identity: a planted journal can do no more than its planter.
-	res, err := txn.Finish(n, r.Journal, lk, opts.FS, opts.Progress) // releases lk
-	if res != nil {
-		r.Lost, r.Kept = res.Lost, res.Kept
-	}
-	var lost *txn.LostContentError
-	if err != nil && !errors.As(err, &lost) {
-		err = fmt.Errorf("%s: %w: %w", n.Dir, ErrNeedsPerson, err)
-		r.Error = err.Error()
-		return r, err
-	}
-	r.Done = true
-	if err != nil {
-		r.Error = err.Error()
-	}
-	return r, err
+	return r, apply(r, n, opts)
 }
 
 // dryRun says what Recover (or GC, if gc is set) would do, changing
 // nothing: not even creating the lock file.
-func dryRun(n txn.Names, gc *GCOptions) (*Report, error) {
+func dryRun(n layout.Names, gc *GCOptions) (*Report, error) {
 	r, err := look(n)
 	if err != nil {
 		return errorReport(n.Dir, err), err
@@ -326,13 +333,11 @@ func dryRun(n txn.Names, gc *GCOptions) (*Report, error) {
 	case StateNeedsPerson:
 		return r, fmt.Errorf("%s: %w: %s", n.Dir, ErrNeedsPerson, r.Found)
 	}
-	if gc != nil {
-		if err := expireFailed(r, n, nil, gc); err != nil {
-			return r, err
+	plan(r, n, gc)
+	for _, s := range r.Plan {
+		if s.drop {
+			r.Removed = append(r.Removed, s.Path)
 		}
-	}
-	for _, name := range r.garbage {
-		r.Removed = append(r.Removed, n.Path(name))
 	}
 	if r.State == StateIdle && !exists(n.Dir) && len(r.Removed) == 0 {
 		err := fmt.Errorf("%s: no such directory", n.Dir)
@@ -341,58 +346,29 @@ func dryRun(n txn.Names, gc *GCOptions) (*Report, error) {
 	return r, nil
 }
 
-// removeGarbage deletes the leftovers of a directory without a journal: a
-// tree under its removal name, after a durable rename to one if it has
-// another name; files simply.
-func removeGarbage(r *Report, n txn.Names, fs fsys.FS, progress txn.Progress) error {
-	pfd, err := openDir(n.Parent)
-	if err != nil {
-		return err
+// lockDir takes n's lock without waiting, as o says. Without it, it returns
+// the report and error of why: another process holds it (in progress,
+// ErrBusy), the lock file is not what treetx makes (row 17), or it could not
+// be taken.
+func lockDir(n layout.Names, o lock.Options) (*lock.Lock, *Report, error) {
+	lk, err := lock.Acquire(context.Background(), n.Path(n.Lock), o)
+	if err == nil {
+		return lk, nil, nil
 	}
-	defer unix.Close(pfd)
-	var errs []error
-	for _, name := range r.garbage {
-		if err := dropTree(fs, progress, pfd, n, name, ""); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		r.Removed = append(r.Removed, n.Path(name))
+	var held *lock.HeldError
+	switch {
+	case errors.As(err, &held):
+		return nil, busyReport(n), fmt.Errorf("%s: %w", n.Dir, ErrBusy)
+	case errors.Is(err, safeopen.ErrRefused):
+		return nil, refusedReport(n, err), fmt.Errorf("%s: %w: %w", n.Dir, ErrNeedsPerson, err)
 	}
-	return errors.Join(errs...)
-}
-
-// resolve turns dir into treetx's names for it.
-func resolve(dir string, noFollow bool) (txn.Names, error) {
-	if dir == "" {
-		return txn.Names{}, errors.New("no directory given")
-	}
-	var path string
-	if noFollow {
-		abs, err := filepath.Abs(dir)
-		if err != nil {
-			return txn.Names{}, err
-		}
-		if fi, err := os.Lstat(abs); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-			return txn.Names{}, fmt.Errorf("%s: %w: it is a symlink, and treetx's names beside it were not made for it (treetx keeps them beside the directory a symlink points to)", abs, ErrNeedsPerson)
-		}
-		path = abs
-	} else {
-		real, err := evalSymlinks(dir)
-		if err != nil {
-			return txn.Names{}, fmt.Errorf("%s: no such directory, nor a parent holding treetx's names for it", dir)
-		}
-		path = real
-	}
-	if path == "/" {
-		return txn.Names{}, errors.New("/: the root directory has no parent, so treetx keeps nothing for it")
-	}
-	return txn.NamesFor(path)
+	return nil, errorReport(n.Dir, err), err
 }
 
 // refusedReport describes a directory beside which something stands
 // under one of treetx's names that treetx does not make there: row 17.
-func refusedReport(n txn.Names, err error) *Report {
-	return &Report{Dir: n.Dir, State: StateNeedsPerson, Found: err.Error()}
+func refusedReport(n layout.Names, err error) *Report {
+	return &Report{Dir: n.Dir, State: StateNeedsPerson, Row: "17", Found: err.Error()}
 }
 
 func errorReport(dir string, err error) *Report {
@@ -400,12 +376,12 @@ func errorReport(dir string, err error) *Report {
 }
 
 // busyReport describes a directory whose lock another process holds.
-func busyReport(n txn.Names) *Report {
+func busyReport(n layout.Names) *Report {
 	r := &Report{Dir: n.Dir, State: StateInProgress, LockHeld: true}
 	if h, err := lock.ReadHolder(n.Path(n.Lock)); err == nil && h != nil {
 		r.Holder = &Holder{PID: h.PID, Host: h.Host, User: h.User, Command: h.Command, Since: h.Since, Running: !h.Stale}
 	}
-	j, jerr := txn.ReadJournal(n.Path(n.Journal))
+	j, jerr := layout.ReadJournal(n.Path(n.Journal))
 	if jerr == nil {
 		r.Journal, r.Phase = j, j.Phase
 	}
@@ -414,9 +390,9 @@ func busyReport(n txn.Names) *Report {
 	case h == nil:
 		who = "its lock is held by another process (a reader under treetx lock --shared, or a holder that has not recorded itself)"
 	case h.Running:
-		who = fmt.Sprintf("its lock is held by pid %d (%s) on %s as %s since %s", h.PID, showCommand(h.Command), showCommand([]string{h.Host}), showCommand([]string{h.User}), h.Since.UTC().Format(time.RFC3339))
+		who = fmt.Sprintf("its lock is held by pid %d (%s) on %s as %s since %s", h.PID, command.Show(h.Command), command.Show([]string{h.Host}), command.Show([]string{h.User}), h.Since.UTC().Format(time.RFC3339))
 	default:
-		who = fmt.Sprintf("its lock is held, not by pid %d (%s) recorded in the lock file, which has exited: by a process that inherited the lock from it, or by a reader", h.PID, showCommand(h.Command))
+		who = fmt.Sprintf("its lock is held, not by pid %d (%s) recorded in the lock file, which has exited: by a process that inherited the lock from it, or by a reader", h.PID, command.Show(h.Command))
 	}
 	switch {
 	case jerr == nil:
@@ -429,209 +405,7 @@ func busyReport(n txn.Names) *Report {
 	return r
 }
 
-// classify reads the names beside n.Dir and its journal, under a lock the
-// caller holds, and decides what recovery does.
-func classify(n txn.Names) (*Report, error) {
-	r := &Report{Dir: n.Dir}
-	names, err := readNames(n.Parent)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", n.Parent, err)
-	}
-	present := map[txn.Kind][]string{}
-	for _, name := range names {
-		if k := n.Classify(name); k != txn.KindOther {
-			present[k] = append(present[k], name)
-		}
-	}
-	r.failed = present[txn.KindFailed]
-	// Row 17: the gate is opened only by a locker that waits, never
-	// here; one that is not a regular file with one link would refuse
-	// every such locker, so it needs a person now, as the lock file would.
-	for _, name := range present[txn.KindGate] {
-		var st unix.Stat_t
-		if err := unix.Lstat(n.Path(name), &st); err == nil {
-			if err := safeopen.Check(n.Path(name), &st, safeopen.Regular, safeopen.Rules{OneLink: true}); err != nil {
-				r.State, r.Found = StateNeedsPerson, err.Error()
-				return r, nil
-			}
-		}
-	}
-	j, jerr := txn.ReadJournal(n.Path(n.Journal))
-	switch {
-	case jerr == nil:
-		r.Journal, r.Phase = j, j.Phase
-		who := fmt.Sprintf("transaction %s (pid %d on %s, %s, since %s)", j.ID, j.PID, showCommand([]string{j.Host}), showCommand(j.Command), j.Start.Format(time.RFC3339))
-		if problem := checkShadow(n, j, present); problem != "" {
-			r.State = StateNeedsPerson
-			r.Found = fmt.Sprintf("an interrupted %s in phase %s, but %s; nothing done: inspect it, and the names %s%s.* beside it", who, j.Phase, problem, txn.Prefix, n.Base)
-			return r, nil
-		}
-		r.State = StateNeedsRecovery
-		switch j.Phase {
-		case txn.PhaseSnapshot: // rows 5, 6, 7
-			r.Found = "an interrupted " + who + " that was still building its shadow"
-			r.Action = "drop the shadow (the directory was never touched)"
-		case txn.PhaseRunning: // row 8
-			r.Found = "an interrupted " + who + " whose command had not finished"
-			r.Action = "roll back to the tree from before the transaction"
-		case txn.PhaseRollback: // rows 10, 11, 12, 13
-			r.Found = "an interrupted rollback of " + who
-			r.Action = "finish the rollback"
-		case txn.PhaseCommit: // rows 14, 15
-			r.Found = "an interrupted commit of " + who
-			r.Action = "finish the commit (the new tree is durable)"
-		}
-		return r, nil
-	case !errors.Is(jerr, fs.ErrNotExist): // row 16
-		r.State = StateNeedsPerson
-		r.Found = fmt.Sprintf("%v; nothing done: inspect it, and the names %s%s.* beside it", jerr, txn.Prefix, n.Base)
-		return r, nil
-	}
-	if c := present[txn.KindComplete]; len(c) > 0 { // row 4
-		r.State = StateNeedsPerson
-		r.Found = fmt.Sprintf("%s exists but no journal claims it, so it was not made by treetx and is never installed; move it away", n.Path(n.Complete))
-		return r, nil
-	}
-	// Rows 2 and 3: garbage of a transaction that never began, or ended.
-	for _, k := range []txn.Kind{txn.KindIncomplete, txn.KindJournalTmp, txn.KindMeta} {
-		r.garbage = append(r.garbage, present[k]...)
-	}
-	if len(r.garbage) == 0 { // rows 1 and 3a
-		// Trees named for removal alone are no unfinished business: treetx
-		// run leaves their deletion to a detached process. Recover and gc
-		// still delete them (deleting one twice at once is safe), in case
-		// that process died.
-		r.State = StateIdle
-		r.Found = "no transaction"
-		if len(r.failed) > 0 {
-			r.Found += fmt.Sprintf("; failed tree(s) kept for inspection: %s", strings.Join(r.failed, ", "))
-		}
-		if rm := present[txn.KindRemoving]; len(rm) > 0 {
-			r.garbage = rm
-			r.Found += fmt.Sprintf("; old trees being deleted: %s", strings.Join(rm, ", "))
-			r.Action = "delete them (they belong to no transaction)"
-		}
-		return r, nil
-	}
-	r.garbage = append(r.garbage, present[txn.KindRemoving]...)
-	r.State = StateNeedsRecovery
-	r.Found = fmt.Sprintf("leftovers of finished or abandoned transactions: %s", strings.Join(r.garbage, ", "))
-	r.Action = "remove them (the directory is not involved)"
-	return r, nil
-}
-
-// checkShadow says what, if anything, keeps recovery from acting on the
-// journal j: the shadow (found by inode) must be where the phase allows, and
-// the manifest there when a rollback needs it. It returns "" if all is well.
-func checkShadow(n txn.Names, j *txn.Journal, present map[txn.Kind][]string) (problem string) {
-	var untrusted error
-	at := func(name string) (ok, there bool) {
-		var st unix.Stat_t
-		if err := unix.Lstat(n.Path(name), &st); err != nil {
-			return false, false
-		}
-		if (txn.FileID{Dev: uint64(st.Dev), Ino: st.Ino}) != j.Shadow {
-			return false, true
-		}
-		if err := j.CheckShadow(unix.AT_FDCWD, n.Path(name), n.Path(name), &st); err != nil {
-			untrusted = err
-			return false, true
-		}
-		return true, true
-	}
-	notShadow := func(name string) string {
-		return fmt.Sprintf("%s is not the shadow the journal records (inode %d)", n.Path(name), j.Shadow.Ino)
-	}
-	inComplete, completeThere := at(n.Complete)
-	defer func() {
-		if untrusted != nil {
-			problem = fmt.Sprintf("its shadow is not one its owner (uid %d) made: %v", j.Owner, untrusted)
-		}
-	}()
-	switch j.Phase {
-	case txn.PhaseSnapshot, txn.PhaseCommit:
-		// Both names are dropped if they hold the shadow, refused if not.
-		if completeThere && !inComplete {
-			return notShadow(n.Complete)
-		}
-		if ok, there := at(n.Incomplete); there && !ok {
-			return notShadow(n.Incomplete)
-		}
-	case txn.PhaseRunning, txn.PhaseRollback:
-		inDir, _ := at(n.Base)
-		switch {
-		case inComplete:
-		case j.Phase == txn.PhaseRollback && inDir:
-		case completeThere:
-			return notShadow(n.Complete)
-		default: // row 9
-			return fmt.Sprintf("the shadow (inode %d) is neither at %s nor at %s", j.Shadow.Ino, n.Path(n.Complete), n.Dir)
-		}
-		if len(present[txn.KindMeta]) == 0 {
-			return fmt.Sprintf("its manifest %s is missing", n.Path(n.Meta))
-		}
-		if err := checkManifest(n.Path(n.Meta), j); err != nil {
-			return fmt.Sprintf("its manifest is unusable: %v", err)
-		}
-	}
-	return ""
-}
-
-// checkManifest reads the manifest at path through, as a rollback will.
-func checkManifest(path string, j *txn.Journal) error {
-	pfd, err := safeopen.OpenDir(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer unix.Close(pfd)
-	fd, _, err := safeopen.OpenAt(pfd, filepath.Base(path), path, unix.O_RDONLY, 0, safeopen.Regular, j.ManifestRules())
-	if err != nil {
-		return err
-	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
-	return snapshot.ReadManifest(f, func(snapshot.Record) error { return nil })
-}
-
-// hasNamesOf reports whether names (of n.Parent) hold one of n's names.
-func hasNamesOf(n txn.Names, names []string) bool {
-	for _, name := range names {
-		if n.Classify(name) != txn.KindOther {
-			return true
-		}
-	}
-	return false
-}
-
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
-}
-
-func readNames(dir string) ([]string, error) {
-	fd, err := safeopen.OpenDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	return safeopen.ReadNames(fd, dir)
-}
-
-func openDir(path string) (int, error) { return safeopen.OpenDir(path) }
-
-// showCommand writes argv on one line: arguments holding anything but
-// letters, digits and -_./=:,+@% are quoted, with newlines escaped.
-func showCommand(argv []string) string {
-	var b strings.Builder
-	for i, a := range argv {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == "" {
-			b.WriteString(a)
-		} else {
-			b.WriteString(strconv.Quote(a))
-		}
-	}
-	return b.String()
 }

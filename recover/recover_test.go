@@ -67,14 +67,6 @@ func TestLeftoverBase(t *testing.T) {
 	}
 }
 
-func TestShowCommand(t *testing.T) {
-	got := showCommand([]string{"cvs", "-d", "/srv/cvs", "commit", "-m", "two\nlines", "", "a b"})
-	want := `cvs -d /srv/cvs commit -m "two\nlines" "" "a b"`
-	if got != want {
-		t.Errorf("showCommand = %s, want %s", got, want)
-	}
-}
-
 // gcFixture makes P/repo with a failed tree, an abandoned shadow, a tree
 // being removed and stale files beside it.
 func gcFixture(t *testing.T) (parent, dir string, img treeimage.Image) {

@@ -11,7 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/treetx/treetx/txn"
+	"github.com/treetx/treetx/internal/layout"
+	"github.com/treetx/treetx/internal/safeopen"
 )
 
 // Scan returns the directories under root, root included, that have
@@ -36,7 +37,7 @@ func Scan(root string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", root, err)
 	}
-	fd, err := openDir(real)
+	fd, err := safeopen.OpenDir(real)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", root, err)
 	}
@@ -48,10 +49,10 @@ func Scan(root string) ([]string, error) {
 	s := &scanner{dev: uint64(st.Dev), found: map[string]bool{}}
 	if real != "/" {
 		// root's own names live in its parent.
-		if names, err := readNames(filepath.Dir(real)); err == nil {
-			n, err := txn.NamesFor(real)
+		if n, err := layout.NamesFor(real); err == nil {
+			names, _ := n.ListParent()
 			for _, name := range names {
-				if err == nil && leftover(n, name) {
+				if k := n.Classify(name); k != layout.KindOther && k != layout.KindLock {
 					s.found[real] = true
 				}
 			}
@@ -86,7 +87,7 @@ func (s *scanner) walk(fd int, path string) {
 	}
 	for _, e := range ents {
 		name := e.Name()
-		if strings.HasPrefix(name, txn.Prefix) {
+		if strings.HasPrefix(name, layout.Prefix) {
 			if base, ok := leftoverBase(name); ok {
 				s.found[filepath.Join(path, base)] = true
 			}
@@ -129,44 +130,14 @@ func vanished(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP)
 }
 
-// suffixes are the kinds of names leftoverBase recognizes by their ends.
-var suffixes = []string{".journal.tmp", ".journal", ".meta", ".incomplete", ".complete"}
-
 // leftoverBase returns the base name of the directory that the name
 // .#treetx.NAME.KIND belongs to, if it is one of treetx's names other than
-// the lock file.
+// the lock file and the gate (which treetx leaves in place).
 func leftoverBase(name string) (string, bool) {
-	rest, ok := strings.CutPrefix(name, txn.Prefix)
-	if !ok {
-		return "", false
-	}
-	base := ""
-	for _, suf := range suffixes {
-		if b, ok := strings.CutSuffix(rest, suf); ok {
-			base = b
-			break
-		}
-	}
-	if base == "" {
-		for _, kind := range []string{".removing.", ".failed."} {
-			if i := strings.LastIndex(rest, kind); i > 0 {
-				base = rest[:i]
-				break
-			}
-		}
-	}
-	if base == "" {
-		return "", false
-	}
-	n, err := txn.NamesFor("/" + base)
-	if err != nil || !leftover(n, name) {
+	base, kind, _ := layout.ParseName(name)
+	switch kind {
+	case layout.KindOther, layout.KindLock, layout.KindGate:
 		return "", false
 	}
 	return base, true
-}
-
-// leftover reports whether name is one of n's names other than the lock.
-func leftover(n txn.Names, name string) bool {
-	k := n.Classify(name)
-	return k != txn.KindOther && k != txn.KindLock
 }

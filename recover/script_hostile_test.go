@@ -31,10 +31,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	txrecover "github.com/treetx/treetx/recover"
-	"github.com/treetx/treetx/txn"
 )
 
 // The attacker.
@@ -516,9 +516,9 @@ func ownFile(t *testing.T, shadow, name string) *unix.Stat_t {
 func plantJournal(t *testing.T, w *hostileWorld, shadow, rec string) {
 	t.Helper()
 	dir, sh := statOf(t, w.dir), statOf(t, shadow)
-	j := txn.Journal{Version: 1, ID: "fedcba9876543210", PID: 1, Host: "elsewhere", User: "nobody",
-		Command: []string{"true"}, Start: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Phase: txn.PhaseRunning,
-		Dir: txn.FileID{Dev: dir.Dev, Ino: dir.Ino}, Shadow: txn.FileID{Dev: sh.Dev, Ino: sh.Ino}}
+	j := txrecover.Journal{Version: 1, ID: "fedcba9876543210", PID: 1, Host: "elsewhere", User: "nobody",
+		Command: []string{"true"}, Start: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Phase: txrecover.PhaseRunning,
+		Dir: layout.FileID{Dev: dir.Dev, Ino: dir.Ino}, Shadow: layout.FileID{Dev: sh.Dev, Ino: sh.Ino}}
 	data, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
 		t.Fatal(err)

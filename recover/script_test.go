@@ -49,6 +49,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	"github.com/treetx/treetx/lock"
@@ -467,25 +468,6 @@ type outcome struct {
 	line  string // Go's: the line treetx recover prints
 }
 
-// goLine is the line `treetx recover` prints for r (cmd_recover.go's
-// printReport).
-func goLine(r *txrecover.Report, dryRun bool) string {
-	line := fmt.Sprintf("%s: %s: %s", r.Dir, r.State, r.Found)
-	switch {
-	case r.Action == "":
-	case r.Done:
-		line += "; did: " + r.Action
-	case dryRun:
-		line += "; would: " + r.Action
-	default:
-		line += "; " + r.Action
-	}
-	if len(r.Lost) > 0 {
-		line += fmt.Sprintf("; the old content of %d file(s) is lost, failed tree kept at %s", len(r.Lost), r.Kept)
-	}
-	return line
-}
-
 // firstLine is the script's line.
 func firstLine(stdout string) string {
 	line, _, _ := strings.Cut(stdout, "\n")
@@ -505,7 +487,7 @@ func goRecover(dir string, dryRun bool) outcome {
 	if r != nil {
 		o.state = string(r.State)
 		o.out = fmt.Sprintf("%s: %s: %s; %s (done %v)", r.Dir, r.State, r.Found, r.Action, r.Done)
-		o.line = goLine(r, dryRun)
+		o.line = r.Line(dryRun)
 	}
 	if err != nil {
 		o.out += "; error: " + err.Error()
@@ -740,7 +722,7 @@ var idRE = regexp.MustCompile(`\.[0-9a-f]{16}$`)
 func crashState(t testing.TB, dir string) string {
 	t.Helper()
 	parent := filepath.Dir(dir)
-	j, err := txn.ReadJournal(filepath.Join(parent, ".#treetx.repo.journal"))
+	j, err := layout.ReadJournal(filepath.Join(parent, ".#treetx.repo.journal"))
 	phase := "no journal"
 	if err == nil {
 		phase = string(j.Phase)
@@ -1580,7 +1562,7 @@ func TestScriptRollbackJournal(t *testing.T) {
 	if at < 0 || !runVictim(t, "recover", dirGo, "inplace", rfs.Ops()[at].Step) {
 		t.Fatal("no journal write in Go's recovery")
 	}
-	jGo, err := txn.ReadJournal(journal(dirGo))
+	jGo, err := layout.ReadJournal(journal(dirGo))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1598,11 +1580,11 @@ func TestScriptRollbackJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jSh, err := txn.ReadJournal(journal(dirSh))
+	jSh, err := layout.ReadJournal(journal(dirSh))
 	if err != nil {
 		t.Fatalf("Go cannot read the script's journal: %v\n%s", err, raw)
 	}
-	if jSh.Phase != txn.PhaseRollback || !slices.Equal(jSh.Lost, jGo.Lost) || len(jGo.Lost) != len(inPlaceFiles) {
+	if jSh.Phase != txrecover.PhaseRollback || !slices.Equal(jSh.Lost, jGo.Lost) || len(jGo.Lost) != len(inPlaceFiles) {
 		t.Errorf("the script's journal says phase %s, lost %q; Go's: phase %s, lost %q", jSh.Phase, jSh.Lost, jGo.Phase, jGo.Lost)
 	}
 	want, err := json.MarshalIndent(jSh, "", "  ")

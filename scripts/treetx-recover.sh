@@ -75,7 +75,7 @@ prog=treetx-recover.sh
 # ---------------------------------------------------------------------------
 # awk programs. lib_awk is prepended to the others: JSON strings (checked and
 # decoded as Go's encoding/json does) and commands shown as Go's
-# recover.showCommand shows them.
+# command.Show (internal/command) shows them.
 # shellcheck disable=SC2016 # awk programs, not shell expansions
 lib_awk='
 function init(   k) { for (k = 1; k < 256; k++) { CHR[k] = sprintf("%c", k); ORD[CHR[k]] = k } }
@@ -118,7 +118,7 @@ function jdec(s,   out, k, c) {
 	}
 	return out
 }
-# showarg shows one argument as showCommand does: as it is when it holds
+# showarg shows one argument as command.Show does: as it is when it holds
 # only letters, digits and -_./=:,+@%, else quoted as strconv.Quote does.
 function showarg(a,   out, k, c, v) {
 	if (a ~ /^[-A-Za-z0-9_.\/=:,+@%][-A-Za-z0-9_.\/=:,+@%]*$/) return a
@@ -150,7 +150,7 @@ function oneline(s) { gsub(/[\001-\037]/, "?", s); return s }
 '
 
 # The journal, as Go's json.MarshalIndent(j, "", "  ") writes it: one field a
-# line, in the order of txn.Journal. The layout is checked line by line, and
+# line, in the order of layout.Journal (internal/layout). The layout is checked line by line, and
 # every value as the Go reader checks it; anything else is refused. mode=parse
 # prints "ok", the id, the phase, the shadow's device and inode, the number
 # of lost files and a description, one a line; or "corrupt REASON" or
@@ -892,7 +892,7 @@ remove_here() {
 # run as root, a directory whose owner is neither root nor DIR's owner (to
 # whom the shadows of root's transactions belong) is deleted with that
 # owner's identity (rule T2: a tree someone else made is deleted with no
-# more rights than theirs), as treetx's txn.RemoveTree does.
+# more rights than theirs), as treetx's layout.Names.RemoveTree does.
 remove_tree() {
 	if [ "${2-}" = owner ] && [ "$am_root" = 1 ] && look "$1" && [ "$lk_type" = dir ] && [ "$lk_uid" != 0 ] &&
 		{ rt_uid=$lk_uid; ! look "$D" || [ "$lk_uid" != "$rt_uid" ]; }; then
@@ -904,11 +904,11 @@ remove_tree() {
 	remove_here "$1"
 }
 
-# remove_garbage deletes every tree named for removal (txn's
+# steps C7, G3: delete every tree named for removal (protocol's
 # removeGarbage), as for remove_tree with owner: but the journal's own
 # (removing.ID of the transaction being finished), which is deleted with the
 # identity recovery has (root for root's journal, its owner's under rule T3).
-remove_garbage() {
+step_C7_remove_garbage() {
 	for f in "$pp"/.[#]treetx.*; do
 		b=${f##*/}
 		case $b in
@@ -923,23 +923,34 @@ remove_garbage() {
 	done
 }
 
-# finish ends the transaction (txn's finish): the journal goes durably, then
-# the manifest and a stale temporary, then the trees named for removal.
-finish() {
+# step C5: the journal goes, durably: the transaction is over.
+step_C5_unlink_journal() {
 	run rm -f -- "$J" || { why="remove $J: $out"; return 1; }
-	fsync_parent || return 1
-	run rm -f -- "$M" || { why="remove $M: $out"; return 1; }
-	run rm -f -- "$JT" || { why="remove $JT: $out"; return 1; }
-	remove_garbage
+	fsync_parent
 }
 
-# discard drops the shadow of a transaction that never touched DIR (phase
-# snapshot) or whose commit is durable (phase commit): rename whichever of
-# its names holds the journal's inode to the removal name, fsync, finish. If
-# the rename fails (a full btrfs refuses renames), the shadow is deleted in
-# place before the journal goes, as txn's discard does: the journal's phase
-# already says it is garbage.
-discard() {
+# step C6: the manifest goes, and a stale temporary journal.
+step_C6_unlink_manifest() {
+	run rm -f -- "$M" || { why="remove $M: $out"; return 1; }
+	run rm -f -- "$JT" || { why="remove $JT: $out"; return 1; }
+}
+
+# step R7: end the transaction as C5..C7 do (protocol's finish); C8, the
+# lock, is released by the caller (step_C8_unlock).
+step_R7_finish() {
+	step_C5_unlink_journal || return 1
+	step_C6_unlink_manifest || return 1
+	step_C7_remove_garbage
+}
+
+# step C4: drop the shadow of a transaction that never touched DIR (phase
+# snapshot: rows 5, 6, 7) or whose commit is durable (phase commit: rows 14,
+# 15): rename whichever of its names holds the journal's inode to the
+# removal name, fsync, then C5..C7. If the rename fails (a full btrfs
+# refuses renames), the shadow is deleted in place before the journal goes,
+# as protocol's discard does: the journal's phase already says it is
+# garbage.
+step_C4_discard() {
 	for s in "$INC" "$CPL"; do
 		exists "$s" || continue
 		expect_shadow_at "$s" || { why="$why: left alone"; return 1; }
@@ -953,7 +964,7 @@ discard() {
 		fi
 		fsync_parent || return 1
 	done
-	finish
+	step_R7_finish
 }
 
 # check_manifest reads the manifest through (once a run: the passes that
@@ -1098,11 +1109,11 @@ $recs
 EOF
 }
 
-# changed sets lost to the manifest-escaped paths (one a line) of the linked
-# files of the shadow at $1 whose size or mtime differ from the record: they
-# were written in place (snapshot.Changed). A recorded path that is missing,
-# another inode, a directory or a symlink is an error.
-changed() {
+# step R1: set lost to the manifest-escaped paths (one a line) of the
+# linked files of the shadow at $1 whose size or mtime differ from the
+# record: they were written in place (snapshot.Changed). A recorded path
+# that is missing, another inode, a directory or a symlink is an error.
+step_R1_changed() {
 	lost='' nlost=0
 	batches changed "$1" || return 1
 	while IFS=' ' read -r op e; do
@@ -1159,11 +1170,11 @@ $recs
 EOF
 }
 
-# restore gives the linked files under $1 the owner, extended attributes,
+# step R3: give the linked files under $1 the owner, extended attributes,
 # mode and times the manifest recorded, where they differ, and not the times
 # of files written in place (snapshot.Restore). Idempotent. A record whose
 # path is missing or is another inode is skipped.
-restore() {
+step_R3_restore() {
 	batches restore "$1"
 }
 
@@ -1290,11 +1301,11 @@ $recs
 EOF
 }
 
-# swap puts the shadow (at .complete) in place of DIR: one exchange where mv
-# has --exchange and the file system has it; else rename DIR to the failed
-# tree's name, fsync, rename the shadow to DIR. If DIR is gone, the shadow
-# is renamed into its place.
-swap() {
+# step R4: put the shadow (at .complete) in place of DIR: one exchange
+# where mv has --exchange and the file system has it; else rename DIR to the
+# failed tree's name, fsync, rename the shadow to DIR. If DIR is gone (row
+# 13), the shadow is renamed into its place.
+step_R4_swap() {
 	if ! exists "$D"; then
 		rename_noreplace "$CPL" "$D"
 		return
@@ -1319,9 +1330,8 @@ swap() {
 	rename_noreplace "$CPL" "$D"
 }
 
-# put_back finishes a rollback whose journal is durable (txn's putBack):
-# restore the metadata, exchange, syncfs, name the failed tree for removal
-# (or keep it when content was lost), finish. Each step finds the shadow by
+# put_back finishes a rollback whose journal is durable (protocol's
+# putBack; rows 10 to 13): R3, R4, R5, R6, R7. Each step finds the shadow by
 # its inode, so it resumes wherever a crash left it.
 put_back() {
 	swapped=0
@@ -1334,22 +1344,32 @@ put_back() {
 	[ "$nlost" -gt 0 ] && failed=$pp/${pre}failed.$jid
 	check_manifest || return 1
 	if [ "$swapped" = 0 ]; then
-		restore "$CPL" || return 1
-		swap || return 1
+		step_R3_restore "$CPL" || return 1
+		step_R4_swap || return 1
 	else
-		restore "$D" || return 1
+		step_R3_restore "$D" || return 1
 	fi
-	syncfs_parent || return 1
-	if exists "$CPL"; then
-		run stat -c '%d %i' -- "$CPL" || { why="stat $CPL: $out"; return 1; }
-		if [ "$out" = "$sdev $sino" ]; then
-			why="$CPL still holds the shadow after the exchange"
-			return 1
-		fi
-		rename_noreplace "$CPL" "$failed" || return 1
-		fsync_parent || return 1
+	step_R5_syncfs || return 1
+	step_R6_put_away || return 1
+	step_R7_finish
+}
+
+# step R5: the restored metadata and the exchange are durable.
+step_R5_syncfs() {
+	syncfs_parent
+}
+
+# step R6: after the exchange, .complete holds the failed tree: rename it to
+# its removal name (or, when content was lost, to .failed.ID), durably.
+step_R6_put_away() {
+	exists "$CPL" || return 0
+	run stat -c '%d %i' -- "$CPL" || { why="stat $CPL: $out"; return 1; }
+	if [ "$out" = "$sdev $sino" ]; then
+		why="$CPL still holds the shadow after the exchange"
+		return 1
 	fi
-	finish
+	rename_noreplace "$CPL" "$failed" || return 1
+	fsync_parent
 }
 
 # write_journal replaces the journal atomically and durably: unlink a stale
@@ -1375,13 +1395,13 @@ $jtext
 EOF
 }
 
-# rollback rolls back a transaction whose command had not finished: list
-# the linked files written in place, record them with phase rollback, put
-# the shadow back.
-rollback() {
+# step R2: roll back a transaction whose command had not finished (row 8):
+# list the linked files written in place (R1), record them with phase
+# rollback, put the shadow back (R3..R7).
+step_R2_rollback() {
 	expect_shadow_at "$CPL" || return 1
 	check_manifest || return 1
-	changed "$CPL" || return 1
+	step_R1_changed "$CPL" || return 1
 	newj=$(rewrite_journal 2>&1) || { why="journal $J: $newj"; return 1; }
 	write_journal "$newj" || return 1
 	put_back
@@ -1453,7 +1473,8 @@ lock() {
 	return 0
 }
 
-unlock() {
+# step C8: release the lock (and clear the holder record).
+step_C8_unlock() {
 	[ "$dry" = 1 ] || lock_record clear
 	exec 9<&-
 }
@@ -1511,7 +1532,7 @@ resolve() {
 
 # has_names tells whether the parent holds any of DIR's names (the lock,
 # the gate, the journal, a shadow, a tree being removed or kept...), as
-# recover's hasNamesOf does.
+# recover's hasNamesOf does (layout.Names.Classify).
 has_names() {
 	for f in "$pp"/.[#]treetx.*; do
 		b=${f##*/}
@@ -1768,7 +1789,7 @@ recover_one() {
 	esac
 	recover_locked
 	rc=$?
-	unlock
+	step_C8_unlock
 	return $rc
 }
 
@@ -1804,8 +1825,8 @@ recover_as() {
 	return 125
 }
 
-# recover_locked classifies what is beside DIR (recover's classify) and
-# acts on it, under the lock.
+# recover_locked classifies what is beside DIR (recover's classify: the
+# rows of the crash-state table) and acts on it, under the lock.
 recover_locked() {
 	if exists "$J"; then
 		read_journal
@@ -1854,8 +1875,8 @@ recover_locked() {
 			note="extended attributes recorded in the manifest were not restored (getfattr/setfattr not found)"
 		fi
 		case $phase in
-		snapshot | commit) discard ;;
-		running) rollback ;;
+		snapshot | commit) step_C4_discard ;;
+		running) step_R2_rollback ;;
 		rollback) put_back ;;
 		esac || {
 			report not
@@ -1925,24 +1946,36 @@ recover_locked() {
 	return 0
 }
 
-# remove_leftovers deletes what no journal claims (recover's removeGarbage):
-# a directory not already under a removal name is first renamed to one and
-# the rename made durable, so that a tree is only ever deleted under such a
-# name; files are simply unlinked.
+# remove_leftovers deletes what no journal claims (rows 2, 3, 3a; recover's
+# apply, with layout.Names.DropTree): a directory not already under a
+# removal name is first renamed to one and the rename made durable, so that
+# a tree is only ever deleted under such a name (G2); files are simply
+# unlinked (G1); trees under removal names are deleted (G3).
 remove_leftovers() {
 	for f in "$INC" "$JT" "$M"; do
 		exists "$f" || continue
 		if [ -d "$f" ] && ! [ -L "$f" ]; then
-			new_id
-			rename_noreplace "$f" "$pp/${pre}removing.$nid" || return 1
-			fsync_parent || return 1
-			remove_tree "$pp/${pre}removing.$nid" owner || return 1
+			step_G2_drop_tree "$f" || return 1
 		else
-			# Only the name goes (unlink never follows a symlink).
-			run rm -f -- "$f" || { why="remove $f: $out"; return 1; }
+			step_G1_unlink "$f" || return 1
 		fi
 	done
-	remove_garbage
+	step_C7_remove_garbage
+}
+
+# step G1: unlink a leftover that is not a directory: only the name goes
+# (unlink never follows a symlink).
+step_G1_unlink() {
+	run rm -f -- "$1" || { why="remove $1: $out"; return 1; }
+}
+
+# step G2: rename a leftover tree to a new removal name, make the rename
+# durable, then delete the tree (as G3 does).
+step_G2_drop_tree() {
+	new_id
+	rename_noreplace "$1" "$pp/${pre}removing.$nid" || return 1
+	fsync_parent || return 1
+	remove_tree "$pp/${pre}removing.$nid" owner
 }
 
 case $as_owner in

@@ -17,6 +17,7 @@ import (
 
 	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
 	txrecover "github.com/treetx/treetx/recover"
@@ -453,11 +454,11 @@ func patchJournal(t *testing.T, path string, inoMap map[uint64]uint64, dev uint6
 	if err != nil {
 		return
 	}
-	var j txn.Journal
+	var j layout.Journal
 	if json.Unmarshal(data, &j) != nil {
 		return
 	}
-	for _, id := range []*txn.FileID{&j.Dir, &j.Shadow} {
+	for _, id := range []*layout.FileID{&j.Dir, &j.Shadow} {
 		if ino, ok := inoMap[id.Ino]; ok {
 			id.Ino, id.Dev = ino, dev
 		} else {

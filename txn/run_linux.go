@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 
 	"github.com/treetx/treetx/internal/command"
@@ -19,6 +18,8 @@ type InterruptedError struct {
 	Signal syscall.Signal
 }
 
+// Error says which signal interrupted the transaction, and that nothing
+// was changed.
 func (e *InterruptedError) Error() string {
 	return fmt.Sprintf("interrupted by %v before the command started; nothing was changed", e.Signal)
 }
@@ -122,28 +123,13 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 // begin is BeginContext, cancelled by the first of sigs that arrives before
 // it returns. A signal that arrives as it returns still counts: the
 // transaction is then rolled back before the command starts.
-func begin(ctx context.Context, dir string, opts Options, sigs <-chan os.Signal) (*Tx, error) {
-	bctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stop := make(chan struct{})
-	var got *InterruptedError
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case s := <-sigs:
-			got = &InterruptedError{Signal: s.(syscall.Signal)}
-			cancel(got)
-		case <-stop:
-		}
-	}()
-	tx, err := BeginContext(bctx, dir, opts)
-	close(stop)
-	wg.Wait()
-	if got == nil {
+func begin(ctx context.Context, dir string, opts Options, sigs <-chan os.Signal) (tx *Tx, err error) {
+	s := command.WhileWaiting(ctx, sigs, func(ctx context.Context) { tx, err = BeginContext(ctx, dir, opts) })
+	if s == nil {
 		return tx, err
 	}
+	sig, _ := s.(syscall.Signal) // signal.Notify sends only those
+	got := &InterruptedError{Signal: sig}
 	if tx != nil {
 		if _, rbErr := tx.Rollback(); rbErr != nil {
 			return nil, errors.Join(got, rbErr)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/fsys/fsystest"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/treeimage"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/txn"
@@ -213,7 +214,7 @@ func TestBeginRefuses(t *testing.T) {
 		}, "not a directory"},
 		{"root", func(t *testing.T) string { return "/" }, "root directory"},
 		{"name too long", func(t *testing.T) string {
-			p := filepath.Join(t.TempDir(), strings.Repeat("n", txn.MaxBaseLen+1))
+			p := filepath.Join(t.TempDir(), strings.Repeat("n", layout.MaxBaseLen+1))
 			if err := os.Mkdir(p, 0o755); err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package txn
+package protocol
 
 import (
 	"errors"
@@ -8,8 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/creds"
+	"github.com/treetx/treetx/internal/fsys"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/safeopen"
-	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
 )
 
@@ -26,7 +27,7 @@ func (tx *Tx) Commit() (*Result, error) {
 	n := tx.n
 	res := &Result{LeftOut: tx.leftOut}
 	switch tx.j.Phase {
-	case PhaseRunning:
+	case layout.PhaseRunning:
 		// Step: the command's changes are durable before the commit point.
 		tx.step("C1", "syncfs", n.Parent)
 		if err := tx.fs.Syncfs(tx.pfd); err != nil {
@@ -44,10 +45,10 @@ func (tx *Tx) Commit() (*Result, error) {
 			return res, fmt.Errorf("commit: %w", err)
 		}
 		res.InPlace = inPlace
-		if err := tx.setPhase("C3", PhaseCommit); err != nil {
+		if err := tx.setPhase("C3", layout.PhaseCommit); err != nil {
 			return res, fmt.Errorf("commit: %w", err)
 		}
-	case PhaseCommit:
+	case layout.PhaseCommit:
 	default:
 		return res, fmt.Errorf("commit: transaction is in phase %q", tx.j.Phase)
 	}
@@ -73,7 +74,7 @@ func (tx *Tx) Rollback() (*Result, error) {
 	n := tx.n
 	res := &Result{LeftOut: tx.leftOut}
 	switch tx.j.Phase {
-	case PhaseSnapshot:
+	case layout.PhaseSnapshot:
 		// The directory was never touched.
 		err := tx.discard()
 		res.Garbage = tx.garbage
@@ -81,7 +82,7 @@ func (tx *Tx) Rollback() (*Result, error) {
 			return res, fmt.Errorf("rollback: drop shadow: %w", err)
 		}
 		return res, nil
-	case PhaseRunning:
+	case layout.PhaseRunning:
 		if err := tx.expectShadowAt(n.Complete); err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
@@ -91,10 +92,10 @@ func (tx *Tx) Rollback() (*Result, error) {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
 		tx.j.Lost = lost
-		if err := tx.setPhase("R2", PhaseRollback); err != nil {
+		if err := tx.setPhase("R2", layout.PhaseRollback); err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
-	case PhaseRollback:
+	case layout.PhaseRollback:
 	default:
 		return res, fmt.Errorf("rollback: commit already began (phase %q): it can only be finished", tx.j.Phase)
 	}
@@ -149,7 +150,7 @@ func (tx *Tx) putBack() error {
 	err = unix.Fstatat(tx.pfd, n.Complete, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case err == nil:
-		if fileID(&st) == tx.j.Shadow {
+		if layout.IDOf(&st) == tx.j.Shadow {
 			return fmt.Errorf("%s still holds the shadow after the exchange", n.Path(n.Complete))
 		}
 		tx.step("R6", "rename", failedName)
@@ -201,7 +202,7 @@ func (tx *Tx) swap(failedName string) error {
 // (true) or the name Complete does (false); anything else is an error.
 func (tx *Tx) shadowInstalled() (bool, error) {
 	var st unix.Stat_t
-	if err := unix.Fstatat(tx.pfd, tx.n.Base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && fileID(&st) == tx.j.Shadow {
+	if err := unix.Fstatat(tx.pfd, tx.n.Base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && layout.IDOf(&st) == tx.j.Shadow {
 		return true, tx.isShadow(tx.n.Base, &st)
 	}
 	if err := tx.expectShadowAt(tx.n.Complete); err != nil {
@@ -212,12 +213,7 @@ func (tx *Tx) shadowInstalled() (bool, error) {
 
 // expectShadowAt checks that name holds the journal's shadow.
 func (tx *Tx) expectShadowAt(name string) error {
-	var st unix.Stat_t
-	p := tx.n.Path(name)
-	if err := unix.Fstatat(tx.pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("shadow %s: %w", p, err)
-	}
-	return tx.isShadow(name, &st)
+	return tx.j.ShadowAt(tx.pfd, name, tx.n.Path(name))
 }
 
 // stopWatch ends the file-system watch, if there is one, and keeps the
@@ -291,11 +287,7 @@ func (tx *Tx) openShadow(name string) (int, error) {
 // isShadow checks that st, the entry name in the parent, is the journal's
 // shadow.
 func (tx *Tx) isShadow(name string, st *unix.Stat_t) error {
-	p := tx.n.Path(name)
-	if fileID(st) != tx.j.Shadow {
-		return fmt.Errorf("%s is not the shadow the journal records (inode %d on device %d; journal: inode %d on device %d)", p, st.Ino, st.Dev, tx.j.Shadow.Ino, tx.j.Shadow.Dev)
-	}
-	return tx.j.CheckShadow(tx.pfd, name, p, st)
+	return tx.j.IsShadow(tx.pfd, name, tx.n.Path(name), st)
 }
 
 // restore gives the linked files of the shadow at name (Complete, or the
@@ -326,29 +318,30 @@ func (tx *Tx) restore(name string) error {
 }
 
 // Finish finishes the transaction a crash left on the directory described
-// by n, whose journal is j (as ReadJournal read it), under lk, an exclusive
-// lock on n.Lock the caller took, which Finish releases: it commits if j's
-// phase is PhaseCommit, and rolls back otherwise.
+// by n, whose journal is j (as layout.ReadJournal read it), under an
+// exclusive lock on n.Lock that the caller holds, and releases once Finish
+// returns: it commits if j's phase is layout.PhaseCommit (rows 14 and 15 of
+// the crash-state table), and rolls back otherwise (rows 5 to 8, 10 to 13).
 //
 // When this process is root and the journal another user's, every step is
 // taken with that user's file-system identity and no capabilities (package
 // internal/creds): a forged journal can do no more than its owner could.
 //
 // fs performs every mutation (nil: the kernel's own calls); progress, if
-// set, reports the long phases as Options.Progress does.
-func Finish(n Names, j *Journal, lk *lock.Lock, fs FS, progress Progress) (*Result, error) {
+// set, reports the long phases.
+func Finish(n layout.Names, j *layout.Journal, fs fsys.FS, progress Progress) (*Result, error) {
 	as := creds.For(j.Owner)
-	tx := newTx(n, lk, fs, nil)
+	tx := newTx(n, nil, fs, nil)
 	tx.j, tx.progress = *j, progress
 	tx.enter = creds.Worker(as)
 	var err error
-	if tx.pfd, err = openDir(n.Parent); err != nil {
+	if tx.pfd, err = n.OpenParent(); err != nil {
 		tx.close()
-		return nil, fmt.Errorf("open %s: %w", n.Parent, err)
+		return nil, err
 	}
 	var res *Result
 	err = creds.Do(as, func() (err error) {
-		if j.Phase == PhaseCommit {
+		if j.Phase == layout.PhaseCommit {
 			res, err = tx.Commit()
 		} else {
 			res, err = tx.Rollback()

@@ -1,4 +1,4 @@
-package txn
+package layout
 
 import (
 	"testing"
@@ -21,7 +21,7 @@ func FuzzParseJournal(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if j.Version != JournalVersion || !isID(j.ID) || j.Shadow.Ino == 0 {
+		if j.Version != JournalVersion || !IsID(j.ID) || j.Shadow.Ino == 0 {
 			t.Fatalf("accepted %+v", j)
 		}
 		switch j.Phase {

@@ -1,4 +1,4 @@
-package txn
+package layout
 
 import (
 	"bytes"
@@ -14,7 +14,8 @@ import (
 	"github.com/treetx/treetx/internal/safeopen"
 )
 
-// JournalVersion is the version of the journal format this package writes.
+// JournalVersion is the version of the journal format this package writes
+// and reads.
 const JournalVersion = 1
 
 // Phase is the step a transaction had reached, as its journal records it.
@@ -34,14 +35,6 @@ const (
 	// rollback.
 	PhaseRollback Phase = "rollback"
 )
-
-// FileID identifies an inode.
-type FileID struct {
-	Dev uint64 `json:"dev"`
-	Ino uint64 `json:"ino"`
-}
-
-func fileID(st *unix.Stat_t) FileID { return FileID{Dev: st.Dev, Ino: st.Ino} }
 
 // Journal is the durable record of a transaction, kept beside the directory
 // and replaced atomically at each phase.
@@ -159,7 +152,7 @@ func parseJournal(path string, data []byte) (*Journal, error) {
 	switch {
 	case j.Version != JournalVersion:
 		return nil, fmt.Errorf("%s: %w: version %d", path, ErrJournalCorrupt, j.Version)
-	case !isID(j.ID):
+	case !IsID(j.ID):
 		return nil, fmt.Errorf("%s: %w: bad id %q", path, ErrJournalCorrupt, j.ID)
 	case j.Shadow.Ino == 0:
 		return nil, fmt.Errorf("%s: %w: no shadow inode", path, ErrJournalCorrupt)
@@ -177,10 +170,10 @@ func parseJournal(path string, data []byte) (*Journal, error) {
 	return &j, nil
 }
 
-// writeJournal replaces the journal atomically and durably: it writes a
-// temporary file, fsyncs it, renames it over the journal and fsyncs the
-// parent directory.
-func writeJournal(fs fsys.FS, pfd int, n Names, j *Journal) error {
+// WriteJournal replaces n's journal with j, atomically and durably: it
+// unlinks a stale temporary file, writes a new one, fsyncs it, renames it
+// over the journal and fsyncs the parent directory pfd.
+func WriteJournal(fs fsys.FS, pfd int, n Names, j *Journal) error {
 	data, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
