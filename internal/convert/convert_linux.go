@@ -69,10 +69,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/btrfs"
+	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/safeopen"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
-	"github.com/treetx/treetx/txn"
 )
 
 // Errors callers branch on.
@@ -134,7 +134,7 @@ type Result struct {
 
 // names are the paths Convert uses beside DIR.
 type names struct {
-	txn.Names
+	layout.Names
 	converting string // T.converting
 }
 
@@ -234,11 +234,11 @@ func resolve(dir string) (names, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return names{}, fmt.Errorf("convert %s: not a directory", dir)
 	}
-	tn, err := txn.NamesFor(real)
+	tn, err := layout.NamesFor(real)
 	if err != nil {
 		return names{}, fmt.Errorf("convert: %w", err)
 	}
-	return names{Names: tn, converting: txn.Prefix + tn.Base + ".converting"}, nil
+	return names{Names: tn, converting: tn.Converting()}, nil
 }
 
 // run is Convert under the lock: V2 to V9.
@@ -455,7 +455,7 @@ func (c *converter) removeLeftovers() error {
 		return fmt.Errorf("convert: stat %s: %w", n.Dir, err)
 	}
 	for _, name := range ents {
-		if n.Classify(name) != txn.KindRemoving {
+		if n.Classify(name) != layout.KindRemoving {
 			continue
 		}
 		var st unix.Stat_t
@@ -482,7 +482,7 @@ func (c *converter) leftovers() bool {
 		return true
 	}
 	for _, name := range ents {
-		if name == c.n.converting || c.n.Classify(name) == txn.KindRemoving {
+		if name == c.n.converting || c.n.Classify(name) == layout.KindRemoving {
 			return true
 		}
 	}

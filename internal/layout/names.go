@@ -71,6 +71,11 @@ func (n Names) Removing(id string) string { return Prefix + n.Base + "." + KindR
 // that found content lost.
 func (n Names) Failed(id string) string { return Prefix + n.Base + "." + KindFailed.suffix() + id }
 
+// Converting is the name of the subvolume treetx convert fills beside the
+// directory. It is no transaction's: recovery and gc leave it (Classify says
+// KindOther) to a rerun of treetx convert, which finishes or undoes it.
+func (n Names) Converting() string { return Prefix + n.Base + ".converting" }
+
 // Path joins a name of n to its parent.
 func (n Names) Path(name string) string { return filepath.Join(n.Parent, name) }
 
