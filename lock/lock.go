@@ -157,6 +157,15 @@ type Options struct {
 	// Stale is ignored. If this process crashes, Self stays in the lock
 	// file, where ReadHolder reports it as Stale.
 	Self Holder
+	// Tree, if set, is the directory the lock is for, absolute and
+	// resolved. Acquire then also excludes the users of every tree inside
+	// it or containing it (hierarchical locks, see tree_linux.go): before
+	// the lock file is opened it takes an intention lock on every
+	// directory from the root of Tree's mount down to Tree's parent, and
+	// once the lock is had, Tree's own lock on Tree, waiting for the users
+	// of trees inside it to finish. Every user of a lock file must pass the
+	// same Tree.
+	Tree string
 }
 
 // Lock is a held lock. Release it when done; if the process dies first, the
@@ -178,6 +187,8 @@ type Lock struct {
 	fi fs.FileInfo
 	// inheritedFD is f's descriptor once Inheritable has found it, or -1.
 	inheritedFD int
+	// tree holds the directory locks of Options.Tree, or is nil.
+	tree *tree
 }
 
 // Acquire opens the lock file at path, creating it with mode 0644 if it is
@@ -205,6 +216,40 @@ func Acquire(ctx context.Context, path string, opts Options) (*Lock, error) {
 		ctx, cancel = context.WithTimeoutCause(ctx, opts.Timeout, errTimeout)
 		defer cancel()
 	}
+	if opts.Tree == "" {
+		return acquireFile(ctx, path, opts)
+	}
+	once := opts.Timeout == 0
+	for {
+		t, err := acquireTree(ctx, opts.Tree, opts.Mode, once)
+		if err != nil {
+			return nil, treeError(err, path, opts.Mode)
+		}
+		l, err := acquireFile(ctx, path, opts)
+		if err != nil {
+			t.close()
+			return nil, err
+		}
+		if err := t.lockNode(ctx, opts.Mode, once); err != nil {
+			t.close()
+			return nil, errors.Join(treeError(err, path, opts.Mode), l.Release())
+		}
+		if t.valid() && l.besideTree(t) {
+			l.tree = t
+			return l, nil
+		}
+		// A transaction on a tree above swapped a directory of the chain
+		// for its shadow meanwhile: start again on the directories there
+		// now.
+		t.close()
+		if err := l.Release(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// acquireFile takes the lock on the lock file at path, waiting as ctx says.
+func acquireFile(ctx context.Context, path string, opts Options) (*Lock, error) {
 	pfd, err := safeopen.OpenDir(filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
@@ -277,6 +322,10 @@ func (l *Lock) Release() error {
 	l.inheritedFD = -1
 	unix.Close(l.pfd)
 	l.pfd = -1
+	if l.tree != nil {
+		l.tree.close()
+		l.tree = nil
+	}
 	return errors.Join(errs...)
 }
 
@@ -481,6 +530,10 @@ type HeldError struct {
 	Holder *Holder
 	// Mode is the mode that was requested.
 	Mode Mode
+	// Conflict, when set, names the user of an overlapping tree that kept
+	// the lock (see Options.Tree), e.g. "a transaction on /srv/a, which
+	// contains /srv/a/b"; Holder is then nil.
+	Conflict string
 }
 
 // newHeldError returns a *HeldError for path, naming the recorded holder if
@@ -496,6 +549,8 @@ func newHeldError(path string, mode Mode) *HeldError {
 // Error describes the failure on one line, naming the holder when known.
 func (e *HeldError) Error() string {
 	switch {
+	case e.Conflict != "":
+		return "lock " + e.Path + " is held by " + e.Conflict
 	case e.Holder != nil:
 		return "lock " + e.Path + " is held by " + e.Holder.String()
 	case e.Mode == Shared:
@@ -593,4 +648,62 @@ func gateError(err error, path string, mode Mode) error {
 		return newHeldError(path, mode)
 	}
 	return err
+}
+
+// treeError turns a conflict with an overlapping tree into Acquire's
+// *HeldError; other errors pass unchanged.
+func treeError(err error, path string, mode Mode) error {
+	var c *treeConflict
+	if errors.As(err, &c) {
+		return &HeldError{Path: path, Mode: mode, Conflict: c.Error()}
+	}
+	return err
+}
+
+// besideTree reports whether the locked file is still at its path, in the
+// directory t's chain holds as its parent.
+func (l *Lock) besideTree(t *tree) bool {
+	var pst, st unix.Stat_t
+	if unix.Fstat(l.pfd, &pst) != nil || safeopen.Lstat(l.pfd, l.base, &st) != nil {
+		return false
+	}
+	if dev, ino, err := fileID(l.fi); err != nil || dev != uint64(st.Dev) || ino != st.Ino {
+		return false
+	}
+	dir := filepath.Dir(l.path)
+	for _, d := range t.chain {
+		if d.path == dir {
+			return d.dev == uint64(pst.Dev) && d.ino == pst.Ino
+		}
+	}
+	return true
+}
+
+// Cover extends a lock taken with Options.Tree to the directory open as
+// dirfd (the tree's shadow, which a rollback puts in the tree's place), so
+// that users of trees inside it wait for this lock wherever the tree's name
+// points. dirfd stays the caller's.
+func (l *Lock) Cover(dirfd int) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil || l.tree == nil {
+		return fmt.Errorf("lock %s: cover: no tree lock held", l.path)
+	}
+	return l.tree.cover(dirfd, l.mode)
+}
+
+// InheritableDirs returns copies of the descriptors that hold the directory
+// locks of Options.Tree (none without it), to pass to a child with the one
+// Inheritable returns: the child then keeps the whole lock held if this
+// process dies. Release ends them for the child too.
+func (l *Lock) InheritableDirs() ([]*os.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil, fmt.Errorf("lock %s: inheritable: lock released", l.path)
+	}
+	if l.tree == nil {
+		return nil, nil
+	}
+	return l.tree.files()
 }

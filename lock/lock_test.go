@@ -34,6 +34,8 @@ const (
 	helperEnv = "TREETX_LOCK_TEST_HELPER"
 	pathEnv   = "TREETX_LOCK_TEST_PATH"
 	modeEnv   = "TREETX_LOCK_TEST_MODE"
+	// treeEnv is the Options.Tree of the helper's lock, if set.
+	treeEnv = "TREETX_LOCK_TEST_TREE"
 )
 
 // waitLimit bounds every wait for a helper, so a broken test fails instead of
@@ -62,7 +64,7 @@ func runHelper(role, path, modeName string) error {
 	ctx := context.Background()
 	switch role {
 	case "hold":
-		l, err := Acquire(ctx, path, Options{Mode: mode, Timeout: -1})
+		l, err := Acquire(ctx, path, Options{Mode: mode, Timeout: -1, Tree: os.Getenv(treeEnv)})
 		if err != nil {
 			return err
 		}
