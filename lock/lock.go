@@ -682,12 +682,16 @@ func (l *Lock) besideTree(t *tree) bool {
 // Cover extends a lock taken with Options.Tree to the directory open as
 // dirfd (the tree's shadow, which a rollback puts in the tree's place), so
 // that users of trees inside it wait for this lock wherever the tree's name
-// points. dirfd stays the caller's.
+// points. dirfd stays the caller's. Without Options.Tree, Cover does
+// nothing.
 func (l *Lock) Cover(dirfd int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f == nil || l.tree == nil {
-		return fmt.Errorf("lock %s: cover: no tree lock held", l.path)
+	if l.f == nil {
+		return fmt.Errorf("lock %s: cover: lock released", l.path)
+	}
+	if l.tree == nil {
+		return nil
 	}
 	return l.tree.cover(dirfd, l.mode)
 }
