@@ -10,9 +10,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/treetx/treetx/internal/command"
 	"github.com/treetx/treetx/internal/layout"
+	"github.com/treetx/treetx/internal/nest"
+	"github.com/treetx/treetx/internal/protocol"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/txn"
 )
@@ -88,12 +91,28 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 	if o.shared {
 		mode = lock.Shared
 	}
+	held := nest.FromEnv(layout.LockOf)
+	joined, err := nest.Join(held, n.Dir, mode)
+	if err != nil {
+		return o.wait.conflict(err)
+	}
+	if joined != nil {
+		// Nested in a treetx that holds DIR: run the command inside its lock.
+		status, startErr, err := command.Run(argv, command.Options{Signals: sigs})
+		if err != nil {
+			return err
+		}
+		if startErr != nil {
+			fmt.Fprintf(stderr, "treetx: %v\n", startErr)
+		}
+		return exitStatus(status)
+	}
 	// A signal while waiting for the lock cancels the wait, before the
 	// command could take over the signals.
 	stopShowing := showLockWait(newProgressLine(stderr, o.quiet), n.Dir, n.Path(n.Lock))
 	var lk *lock.Lock
 	s := command.WhileWaiting(ctx, sigs, func(ctx context.Context) {
-		lk, err = lock.Acquire(ctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: o.wait.wait(), Gate: n.Path(n.Gate)})
+		lk, err = lock.Acquire(ctx, n.Path(n.Lock), lock.Options{Mode: mode, Timeout: o.wait.wait(), Gate: n.Path(n.Gate), Tree: n.Dir})
 	})
 	stopShowing()
 	if s != nil {
@@ -116,11 +135,14 @@ func runLock(ctx context.Context, dir string, argv []string, o *lockOptions, std
 	if fi, err := os.Stat(n.Dir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("%s: no such directory", n.Dir)
 	}
-	lockFile, err := lk.Inheritable()
+	if err := protocol.CheckAncestors(n); err != nil {
+		return err
+	}
+	files, env, err := lockInheritable(lk, n, mode, held)
 	if err != nil {
 		return fmt.Errorf("pass the lock to the command: %w", err)
 	}
-	status, startErr, err := command.Run(argv, command.Options{ExtraFiles: []*os.File{lockFile}, Signals: sigs})
+	status, startErr, err := command.Run(argv, command.Options{Env: env, ExtraFiles: files, Signals: sigs})
 	if err != nil {
 		return err
 	}
@@ -164,4 +186,32 @@ func showLockWait(p *progressLine, dir, path string) (stop func()) {
 		<-stopped
 		p.clear()
 	}
+}
+
+// lockInheritable returns what the command inherits (the lock file as
+// descriptor 3, the directory locks, the trees an enclosing treetx holds)
+// and its environment, which names the trees held (nest.Env), this one
+// first.
+func lockInheritable(lk *lock.Lock, n layout.Names, mode lock.Mode, held []nest.Tree) ([]*os.File, []string, error) {
+	lockFile, err := lk.Inheritable()
+	if err != nil {
+		return nil, nil, err
+	}
+	dirs, err := lk.InheritableDirs()
+	if err != nil {
+		lockFile.Close()
+		return nil, nil, err
+	}
+	files := append([]*os.File{lockFile}, dirs...)
+	var st unix.Stat_t
+	if err := unix.Stat(n.Dir, &st); err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, nil, fmt.Errorf("stat %s: %w", n.Dir, err)
+	}
+	passed, renumbered := nest.Pass(held, 3+len(files))
+	files = append(files, passed...)
+	own := nest.Tree{FD: 3, Mode: mode.String(), Dir: n.Dir, Dev: st.Dev, Ino: st.Ino}
+	return files, nest.Environ(os.Environ(), append([]nest.Tree{own}, renumbered...)), nil
 }

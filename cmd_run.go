@@ -113,6 +113,9 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 	if rr != nil && rr.StartErr != nil {
 		fmt.Fprintf(stderr, "treetx: %v\n", rr.StartErr)
 	}
+	if rr != nil && rr.Joined != "" && o.verbose {
+		fmt.Fprintf(stderr, "treetx: %s is held by the transaction on %s that runs this command: joined it; that transaction commits or rolls back what the command did\n", dir, rr.Joined)
+	}
 	if rr != nil && rr.Result != nil && !o.quiet {
 		report(stderr, dir, rr)
 	}

@@ -208,3 +208,37 @@ func bootTime() (time.Time, error) {
 	}
 	return time.Time{}, fmt.Errorf("parse %s: no btime line", statPath)
 }
+
+// Inherited reports whether descriptor fd, which this process inherited, is
+// open on the lock file at path and holds its lock, and in which mode: the
+// kernel lists an flock lock in /proc/self/fdinfo only on descriptors of the
+// open file description that holds it, so no one can claim a lock by naming
+// a descriptor number. The lock file is looked up without following a
+// symlink.
+func Inherited(fd int, path string) (Mode, bool) {
+	var fst unix.Stat_t
+	if fd < 0 || unix.Fstat(fd, &fst) != nil || fst.Mode&unix.S_IFMT != unix.S_IFREG {
+		return 0, false
+	}
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil || st.Dev != fst.Dev || st.Ino != fst.Ino {
+		return 0, false
+	}
+	data, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(data)) {
+		rest, ok := strings.CutPrefix(line, "lock:")
+		if !ok || !strings.Contains(rest, " FLOCK ") {
+			continue
+		}
+		switch {
+		case strings.Contains(rest, " WRITE "):
+			return Exclusive, true
+		case strings.Contains(rest, " READ "):
+			return Shared, true
+		}
+	}
+	return 0, false
+}

@@ -10,6 +10,9 @@ import (
 	"syscall"
 
 	"github.com/treetx/treetx/internal/command"
+	"github.com/treetx/treetx/internal/layout"
+	"github.com/treetx/treetx/internal/nest"
+	"github.com/treetx/treetx/lock"
 )
 
 // InterruptedError reports a signal that reached Run before the command
@@ -50,8 +53,11 @@ type RunResult struct {
 	// or 0. Whoever interrupts a transaction means to abandon it: it was
 	// rolled back, whatever the command's status.
 	Signal syscall.Signal
-	// Result is the transaction's result.
+	// Result is the transaction's result; nil when Joined.
 	Result *Result
+	// Joined is the tree of the enclosing transaction that this run joined
+	// (see Run), or "".
+	Joined string
 }
 
 // Run runs argv as a transaction on dir: Begin, run the command on dir, then
@@ -85,6 +91,27 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	if opts.Command == nil {
 		opts.Command = argv
 	}
+	received := func(s os.Signal) {
+		if rr.Signal == 0 {
+			rr.Signal, _ = s.(syscall.Signal)
+		}
+	}
+	held := nest.FromEnv(layout.LockOf)
+	if n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForTransaction}); err == nil {
+		joined, err := nest.Join(held, n.Dir, lock.Exclusive)
+		if err != nil {
+			return rr, err
+		}
+		if joined != nil {
+			// Nested: the enclosing transaction holds dir, and decides.
+			rr.Joined = joined.Dir
+			status, startErr, err := command.Run(argv, command.Options{
+				Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr, Signals: sigs, Received: received,
+			})
+			rr.Status, rr.StartErr = status, startErr
+			return rr, err
+		}
+	}
 	tx, err := begin(ctx, dir, opts.Options, sigs)
 	if err != nil {
 		return rr, err
@@ -92,19 +119,14 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	if opts.Started != nil {
 		opts.Started(tx)
 	}
-	lockFile, err := tx.LockFile()
+	files, env, err := inheritable(tx, held)
 	if err != nil {
 		_, rbErr := tx.Rollback()
 		return rr, errors.Join(fmt.Errorf("pass the lock to the command: %w", err), rbErr)
 	}
 	status, startErr, err := command.Run(argv, command.Options{
 		Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr,
-		ExtraFiles: []*os.File{lockFile}, Signals: sigs,
-		Received: func(s os.Signal) {
-			if rr.Signal == 0 {
-				rr.Signal, _ = s.(syscall.Signal)
-			}
-		},
+		Env: env, ExtraFiles: files, Signals: sigs, Received: received,
 	})
 	rr.Status, rr.StartErr = status, startErr
 	if err != nil {
@@ -136,4 +158,19 @@ func begin(ctx context.Context, dir string, opts Options, sigs <-chan os.Signal)
 		}
 	}
 	return nil, got
+}
+
+// inheritable returns what the command inherits: the lock file as
+// descriptor 3, then the descriptors of the directory locks that keep the
+// trees inside and around the tree out, then those of the trees an
+// enclosing treetx holds (held); and its environment, which names the trees
+// held (nest.Env), this one first.
+func inheritable(tx *Tx, held []nest.Tree) ([]*os.File, []string, error) {
+	files, own, err := tx.tx.Inheritable(3)
+	if err != nil {
+		return nil, nil, err
+	}
+	passed, renumbered := nest.Pass(held, 3+len(files))
+	files = append(files, passed...)
+	return files, nest.Environ(os.Environ(), append([]nest.Tree{own}, renumbered...)), nil
 }

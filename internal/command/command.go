@@ -31,6 +31,8 @@ type Options struct {
 	// Stdin, Stdout and Stderr are the program's; nil means this process's.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
+	// Env is the program's environment; nil means this process's.
+	Env []string
 	// ExtraFiles are inherited as descriptors 3, 4, ... Run closes them once
 	// the program has started (or failed to).
 	ExtraFiles []*os.File
@@ -77,6 +79,7 @@ func Run(argv []string, opts Options) (status int, startErr, err error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = orReader(opts.Stdin, os.Stdin), orWriter(opts.Stdout, os.Stdout), orWriter(opts.Stderr, os.Stderr)
 	cmd.ExtraFiles = opts.ExtraFiles
+	cmd.Env = opts.Env
 	cmd.SysProcAttr = sysProcAttr()
 	// The parent-death signal fires when the thread that started the child
 	// exits: keep this goroutine on its thread until the child is waited for.

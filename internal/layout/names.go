@@ -76,6 +76,16 @@ func (n Names) Failed(id string) string { return Prefix + n.Base + "." + KindFai
 // KindOther) to a rerun of treetx convert, which finishes or undoes it.
 func (n Names) Converting() string { return Prefix + n.Base + ".converting" }
 
+// LockOf returns the path of the lock file of the directory dir (absolute
+// and clean).
+func LockOf(dir string) (string, error) {
+	n, err := NamesFor(dir)
+	if err != nil {
+		return "", err
+	}
+	return n.Path(n.Lock), nil
+}
+
 // Path joins a name of n to its parent.
 func (n Names) Path(name string) string { return filepath.Join(n.Parent, name) }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,6 +15,7 @@ import (
 	"github.com/treetx/treetx/internal/fswatch"
 	"github.com/treetx/treetx/internal/fsys"
 	"github.com/treetx/treetx/internal/layout"
+	"github.com/treetx/treetx/internal/nest"
 	"github.com/treetx/treetx/lock"
 	"github.com/treetx/treetx/snapshot"
 )
@@ -65,6 +67,10 @@ type Tx struct {
 	// is stopped; all is set where every file must be checked.
 	touched []uint64
 	all     bool
+	// started is the journal's modification time once it says "running"
+	// (B8), as the file system keeps time: every change the command makes
+	// is later (see unchanged).
+	started unix.Timespec
 }
 
 // Begin locks dir (waiting as opts.LockTimeout says, or until ctx is
@@ -81,9 +87,18 @@ func Begin(ctx context.Context, dir string, opts Options) (tx *Tx, err error) {
 	if cmd == nil {
 		cmd = os.Args
 	}
-	// B1: lock, and record the holder.
+	// Inside a transaction that holds dir, or a tree inside it, the lock
+	// would wait for this process's own ancestor (txn.Run joins instead).
+	if t, err := nest.Join(nest.FromEnv(layout.LockOf), n.Dir, lock.Exclusive); err != nil || t != nil {
+		if err == nil {
+			err = &nest.Error{Dir: n.Dir, Held: *t, Why: "held by an enclosing transaction, which a new one cannot wait for (treetx run joins it)"}
+		}
+		return nil, err
+	}
+	// B1: lock, and record the holder; and keep out the transactions and
+	// readers of every tree inside dir or containing it.
 	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lock.Options{
-		Mode: lock.Exclusive, Timeout: opts.lockTimeout(), Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd},
+		Mode: lock.Exclusive, Timeout: opts.lockTimeout(), Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd}, Tree: n.Dir,
 	})
 	if opts.Locked != nil {
 		opts.Locked()
@@ -103,6 +118,9 @@ func Begin(ctx context.Context, dir string, opts Options) (tx *Tx, err error) {
 		return tx, err
 	}
 	if err := tx.checkClean(); err != nil { // B2
+		return tx, err
+	}
+	if err := CheckAncestors(n); err != nil {
 		return tx, err
 	}
 	holder := lock.Holder{Command: cmd}
@@ -130,6 +148,9 @@ func Begin(ctx context.Context, dir string, opts Options) (tx *Tx, err error) {
 		return tx, fmt.Errorf("stat %s: %w", n.Path(n.Incomplete), err)
 	}
 	tx.j.Shadow = layout.IDOf(&st)
+	if err := tx.cover(); err != nil {
+		return tx, err
+	}
 	if err := tx.setPhase("B4", layout.PhaseSnapshot); err != nil {
 		return tx, err
 	}
@@ -151,7 +172,47 @@ func Begin(ctx context.Context, dir string, opts Options) (tx *Tx, err error) {
 	if err := tx.setPhase("B8", layout.PhaseRunning); err != nil {
 		return tx, err
 	}
+	if err := unix.Fstatat(tx.pfd, n.Journal, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+		tx.started = st.Mtim
+	}
 	return tx, nil
+}
+
+// cover extends the lock to the shadow, which a rollback puts in the tree's
+// place: a transaction on a tree inside that finds it there waits too.
+func (tx *Tx) cover() error {
+	fd, err := unix.Openat(tx.pfd, tx.n.Incomplete, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open shadow %s: %w", tx.n.Path(tx.n.Incomplete), err)
+	}
+	defer unix.Close(fd)
+	return tx.lk.Cover(fd)
+}
+
+// CheckAncestors refuses a transaction (or a lock) inside a tree that an
+// interrupted transaction left half done: that tree's recovery may put back
+// its shadow, and with it undo what this one commits. Under a lock taken
+// with lock.Options.Tree no transaction on such a tree is live, so a journal
+// beside one is a crash's.
+func CheckAncestors(n layout.Names) error {
+	var st unix.Stat_t
+	if err := unix.Stat(n.Dir, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", n.Dir, err)
+	}
+	for dir := n.Parent; dir != "/"; dir = filepath.Dir(dir) {
+		var ast unix.Stat_t
+		if unix.Stat(dir, &ast) != nil || ast.Dev != st.Dev {
+			return nil
+		}
+		an, err := layout.NamesFor(dir)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Lstat(an.Path(an.Journal)); err == nil {
+			return fmt.Errorf("%s: %w: it lies inside %s, which %s records as half changed by an interrupted transaction; run: treetx recover %s", n.Dir, ErrNeedsRecovery, dir, an.Path(an.Journal), dir)
+		}
+	}
+	return nil
 }
 
 // lockTimeout is the wait for the lock in lock.Options's terms (negative:
@@ -280,6 +341,25 @@ func (tx *Tx) ID() string { return tx.j.ID }
 // the child and every descendant that inherited it have exited, even if this
 // process is killed. The caller closes it after starting the child.
 func (tx *Tx) LockFile() (*os.File, error) { return tx.lk.Inheritable() }
+
+// Inheritable returns what a command run inside the transaction inherits:
+// the lock file, then the descriptors of the directory locks that keep the
+// trees inside and around the directory out (lock.Lock.InheritableDirs);
+// and the entry of nest.Env that names the directory, the lock file being
+// descriptor first.
+func (tx *Tx) Inheritable(first int) ([]*os.File, nest.Tree, error) {
+	lockFile, err := tx.lk.Inheritable()
+	if err != nil {
+		return nil, nest.Tree{}, err
+	}
+	dirs, err := tx.lk.InheritableDirs()
+	if err != nil {
+		lockFile.Close()
+		return nil, nest.Tree{}, err
+	}
+	own := nest.Tree{FD: first, Mode: lock.Exclusive.String(), Dir: tx.n.Dir, Dev: tx.j.Dir.Dev, Ino: tx.j.Dir.Ino}
+	return append([]*os.File{lockFile}, dirs...), own, nil
+}
 
 // step logs a step of the protocol: id is its name in docs/protocol.md
 // (B1..B8, C1..C8, R1..R7).
