@@ -159,6 +159,10 @@ func report(w io.Writer, dir string, rr *txn.RunResult) {
 		why = fmt.Sprintf("interrupted by %s (the %s)", unix.SignalName(rr.Signal), why)
 	}
 	fmt.Fprintf(w, "treetx: %s: rolled back %s\n", why, dir)
+	if res.Unchanged {
+		// Nothing was put back: what the shadow left out stays.
+		return
+	}
 	if n := len(res.LeftOut); n > 0 {
 		shown := res.LeftOut
 		if n > 5 {

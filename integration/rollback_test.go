@@ -2,9 +2,11 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
@@ -104,5 +106,41 @@ func TestRollbackReportsMtimeChangeAsWrittenInPlace(t *testing.T) {
 	kept, _ := filepath.Glob(filepath.Join(parent, ".#treetx.tree.failed.*"))
 	if len(kept) != 1 {
 		t.Errorf("failed trees kept: %v, want one", kept)
+	}
+}
+
+// TestRollbackUnchangedKeepsWorkingDirectory: a failed command that changed
+// nothing is rolled back without putting the shadow back, so a process
+// whose working directory is inside the tree still has one; one that really
+// rolled back leaves such a process in the failed tree, deleted (empty),
+// where "cd $PWD" finds the restored directory.
+func TestRollbackUnchangedKeepsWorkingDirectory(t *testing.T) {
+	t.Parallel()
+	_, tree := newTree(t, map[string]string{"sub/f": "f\n"})
+	time.Sleep(20 * time.Millisecond)
+	sub := filepath.Join(tree, "sub")
+	// The command fails without changing anything; afterwards the shell,
+	// whose working directory is sub, can still list it.
+	cmd := exec.Command("sh", "-c", `"$TX" run -q "$T" -- sh -c 'cat f >/dev/null; exit 1'; echo "status $?"; ls`)
+	cmd.Dir = sub
+	cmd.Env = append(os.Environ(), "TX="+treetxPath, "T="+tree)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := string(out); got != "status 1\nf\n" {
+		t.Errorf("an unchanged rollback: got %q, want %q (the working directory kept)", got, "status 1\nf\n")
+	}
+	// A real rollback: the old working directory is gone, cd $PWD finds
+	// the restored one.
+	cmd = exec.Command("sh", "-c", `"$TX" run -q --wait-cleanup "$T" -- sh -c 'echo x > g; exit 1'; ls; echo gone; cd "$PWD" && ls`)
+	cmd.Dir = sub
+	cmd.Env = append(os.Environ(), "TX="+treetxPath, "T="+tree)
+	out, err = cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := string(out); got != "gone\nf\n" {
+		t.Errorf("a rollback: got %q, want %q", got, "gone\nf\n")
 	}
 }

@@ -71,6 +71,22 @@ func transact(dir, path string, fs *fsystest.FS) error {
 	if err != nil {
 		return err
 	}
+	if path == "unchanged" {
+		// A failed command that only read, and changed the mode of a
+		// linked file: the rollback restores the mode in place and puts
+		// no shadow back.
+		if _, err := os.ReadFile(filepath.Join(dir, "CVSROOT/modules")); err != nil {
+			return errors.Join(err, rollbackErr(tx.Rollback()))
+		}
+		if err := os.Chmod(filepath.Join(dir, "a/run.sh"), 0o700); err != nil {
+			return errors.Join(err, rollbackErr(tx.Rollback()))
+		}
+		res, err := tx.Rollback()
+		if err == nil && !res.Unchanged {
+			err = errors.New("the rollback of an unchanged tree put the shadow back")
+		}
+		return err
+	}
 	if err := mutate(dir); err != nil {
 		return errors.Join(err, rollbackErr(tx.Rollback()))
 	}
@@ -265,7 +281,7 @@ func TestCrashAfterEveryStep(t *testing.T) {
 		t.Logf("crash points: %s, %d violations", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
 		fmt.Printf("crash points: %s, %d violations\n", testenv.Counted(int(total.Load()), int(all.Load())), violations.Load())
 	})
-	for i, path := range []string{"commit", "rollback"} {
+	for i, path := range []string{"commit", "rollback", "unchanged"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
 			ops, commitPoint := dryRun(t, path)
@@ -349,7 +365,7 @@ func TestCrashDuringRecovery(t *testing.T) {
 		fmt.Printf("recovery crash points: %s (%d kinds of recovery), %d violations\n",
 			testenv.Counted(int(total.Load()), int(all.Load())), kinds.Load(), violations.Load())
 	})
-	for i, path := range []string{"commit", "rollback"} {
+	for i, path := range []string{"commit", "rollback", "unchanged"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
 			ops, commitPoint := dryRun(t, path)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -569,19 +570,36 @@ func record(t *testing.T, build func(string) error, path string, skipSync int) *
 	if err := build(dir); err != nil {
 		t.Fatal(err)
 	}
+	if path == "unchanged" {
+		// Let the file system's clock tick past the tree's making, as
+		// it has for any tree older than a moment.
+		time.Sleep(20 * time.Millisecond)
+	}
 	initial := loadModel(t, parent)
 	rec := &fsystest.FS{Record: true, SkipSync: skipSync}
 	tx, err := txn.Begin(dir, txn.Options{FS: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := mutateFS(dir, rec); err != nil {
+	switch path {
+	case "unchanged":
+		// A failed command that only changed the mode of a linked file:
+		// the rollback restores it in place, without an exchange.
+		err = rec.Fchmodat(unix.AT_FDCWD, filepath.Join(dir, "a/run.sh"), 0o700)
+	default:
+		err = mutateFS(dir, rec)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	if path == "commit" {
 		_, err = tx.Commit()
 	} else {
-		_, err = tx.Rollback()
+		var res *txn.Result
+		res, err = tx.Rollback()
+		if err == nil && path == "unchanged" && !res.Unchanged {
+			t.Fatal("the rollback of an unchanged tree put the shadow back")
+		}
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -739,7 +757,7 @@ func powerLossSeed(t *testing.T) uint64 {
 // the others.
 func TestPowerLossSmallExhaustive(t *testing.T) {
 	seed := powerLossSeed(t)
-	for i, path := range []string{"commit", "rollback"} {
+	for i, path := range []string{"commit", "rollback", "unchanged"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
 			rng := rand.New(rand.NewPCG(seed, uint64(10+i)))
@@ -772,7 +790,7 @@ func TestPowerLossSampled(t *testing.T) {
 		samples, want = 4, 0
 	}
 	t.Run("paths", func(t *testing.T) {
-		for i, path := range []string{"commit", "rollback"} {
+		for i, path := range []string{"commit", "rollback", "unchanged"} {
 			t.Run(path, func(t *testing.T) {
 				t.Parallel()
 				rng := rand.New(rand.NewPCG(seed, uint64(20+i)))
@@ -802,7 +820,7 @@ func TestPowerLossSampled(t *testing.T) {
 // a default run checks that window, TREETX_EXHAUSTIVE=1 every crash point.
 func TestPowerLossCheckerFindsMissingSync(t *testing.T) {
 	seed := powerLossSeed(t)
-	for pi, path := range []string{"commit", "rollback"} {
+	for pi, path := range []string{"commit", "rollback", "unchanged"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
 			rng := rand.New(rand.NewPCG(seed, uint64(30+pi)))

@@ -116,6 +116,10 @@ type Result struct {
 	// Garbage lists the trees named for removal that are left to delete
 	// (Options.DeferRemoval): pass them to RemoveGarbage.
 	Garbage []string
+	// Unchanged is set by a rollback that found the directory as the
+	// command found it: it was ended without putting the shadow in its
+	// place, so its inodes (and every working directory inside) stay.
+	Unchanged bool
 }
 
 // Errors of a transaction that callers branch on.

@@ -184,9 +184,16 @@ func TestExcludedEntriesAreLeftOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A change, so that the rollback puts the shadow back.
+	if err := os.WriteFile(filepath.Join(dir, "new"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	res, err := tx.Rollback()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res.Unchanged {
+		t.Errorf("the rollback of a changed tree says it was unchanged")
 	}
 	want := []string{"mod/d1/#cvs.lock", "mod/d2/#cvs.rfl.host.42", "mod/d2/,f2.c,", "scratch.tmp"}
 	got := slices.Sorted(slices.Values(res.LeftOut))

@@ -91,6 +91,15 @@ func (tx *Tx) Rollback() (*Result, error) {
 		if err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
+		if len(lost) == 0 {
+			same, err := tx.unchanged(n.Complete)
+			if err != nil {
+				tx.log.Debug("comparing the directory with its shadow failed: putting the shadow back", "err", err)
+			}
+			if same {
+				return tx.endUnchanged(res)
+			}
+		}
 		tx.j.Lost = lost
 		if err := tx.setPhase("R2", layout.PhaseRollback); err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
@@ -108,6 +117,34 @@ func (tx *Tx) Rollback() (*Result, error) {
 	if len(res.Lost) > 0 {
 		res.Kept = n.Path(n.Failed(tx.j.ID))
 		return res, &LostContentError{Dir: n.Dir, Paths: res.Lost, Kept: res.Kept}
+	}
+	return res, nil
+}
+
+// endUnchanged ends the rollback of a directory the command left as it
+// found it (unchanged): the linked files' metadata is restored in place
+// (R3), made durable (C1), and the transaction ends as a commit does (C3 on),
+// the shadow dropped, with no exchange. Until C3 a crash rolls back as
+// usual; after, recovery finishes the commit, which keeps the directory as
+// it is: as it was.
+func (tx *Tx) endUnchanged(res *Result) (*Result, error) {
+	n := tx.n
+	tx.log.Debug("the command changed nothing: no exchange", "dir", n.Dir)
+	if err := tx.restore(n.Complete); err != nil {
+		return res, fmt.Errorf("rollback: %w", err)
+	}
+	tx.step("C1", "syncfs", n.Parent)
+	if err := tx.fs.Syncfs(tx.pfd); err != nil {
+		return res, fmt.Errorf("rollback: make restored metadata durable: syncfs %s: %w", n.Parent, err)
+	}
+	if err := tx.setPhase("C3", layout.PhaseCommit); err != nil {
+		return res, fmt.Errorf("rollback: %w", err)
+	}
+	res.Unchanged = true
+	err := tx.discard()
+	res.Garbage = tx.garbage
+	if err != nil {
+		return res, fmt.Errorf("rollback: drop shadow: %w", err)
 	}
 	return res, nil
 }

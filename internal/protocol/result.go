@@ -13,8 +13,9 @@ type Result struct {
 	LeftOut []string
 	InPlace []string
 	Lost    []string
-	Kept    string
-	Garbage []string
+	Kept      string
+	Garbage   []string
+	Unchanged bool
 }
 
 // Errors of a transaction that callers branch on (txn exports them).
