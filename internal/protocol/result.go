@@ -10,9 +10,9 @@ import (
 // Result says what a finished transaction found. It is txn.Result, which
 // documents it, field for field: txn converts one into the other.
 type Result struct {
-	LeftOut []string
-	InPlace []string
-	Lost    []string
+	LeftOut   []string
+	InPlace   []string
+	Lost      []string
 	Kept      string
 	Garbage   []string
 	Unchanged bool
