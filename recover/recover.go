@@ -294,7 +294,7 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	if gc != nil {
 		verb = "gc"
 	}
-	lk, r, err := lockDir(n, lock.Options{Mode: lock.Exclusive, Timeout: 0, Self: lock.Holder{Command: []string{"treetx", verb, n.Dir}}})
+	lk, r, err := lockDir(n, lock.Options{Mode: lock.Exclusive, Timeout: 0, Self: lock.Holder{Command: []string{"treetx", verb, n.Dir}}, Tree: n.Dir})
 	if lk == nil {
 		if r.State == StateInProgress {
 			r.Action = "left alone"

@@ -79,33 +79,58 @@ type Tx struct {
 // resolved once, and the transaction is on the directory it names. On error
 // nothing is left behind and the lock is released.
 func Begin(ctx context.Context, dir string, opts Options) (tx *Tx, err error) {
-	n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForTransaction})
+	n, err := resolve(dir)
 	if err != nil {
-		return nil, err
-	}
-	cmd := opts.Command
-	if cmd == nil {
-		cmd = os.Args
-	}
-	// Inside a transaction that holds dir, or a tree inside it, the lock
-	// would wait for this process's own ancestor (txn.Run joins instead).
-	if t, err := nest.Join(nest.FromEnv(layout.LockOf), n.Dir, lock.Exclusive); err != nil || t != nil {
-		if err == nil {
-			err = &nest.Error{Dir: n.Dir, Held: *t, Why: "held by an enclosing transaction, which a new one cannot wait for (treetx run joins it)"}
-		}
 		return nil, err
 	}
 	// B1: lock, and record the holder; and keep out the transactions and
 	// readers of every tree inside dir or containing it.
-	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lock.Options{
-		Mode: lock.Exclusive, Timeout: opts.lockTimeout(), Gate: n.Path(n.Gate), Self: lock.Holder{Command: cmd}, Tree: n.Dir,
-	})
+	lk, err := lock.Acquire(ctx, n.Path(n.Lock), lockRequest(n, opts).Options)
 	if opts.Locked != nil {
 		opts.Locked()
 	}
 	if err != nil {
 		return nil, err
 	}
+	return beginLocked(ctx, n, lk, opts)
+}
+
+// resolve resolves dir for a transaction, and refuses it inside a
+// transaction that holds it or a tree inside it: the lock would wait for
+// this process's own ancestor (txn.Run joins instead).
+func resolve(dir string) (layout.Names, error) {
+	n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForTransaction})
+	if err != nil {
+		return n, err
+	}
+	if t, err := nest.Join(nest.FromEnv(layout.LockOf), n.Dir, lock.Exclusive); err != nil || t != nil {
+		if err == nil {
+			err = &nest.Error{Dir: n.Dir, Held: *t, Why: "held by an enclosing transaction, which a new one cannot wait for (treetx run joins it)"}
+		}
+		return n, err
+	}
+	return n, nil
+}
+
+// lockRequest is the lock a transaction on n takes (B1).
+func lockRequest(n layout.Names, opts Options) lock.Request {
+	return lock.Request{Path: n.Path(n.Lock), Options: lock.Options{
+		Mode: lock.Exclusive, Timeout: opts.lockTimeout(), Gate: n.Path(n.Gate), Self: lock.Holder{Command: opts.command()}, Tree: n.Dir,
+	}}
+}
+
+// command is what the journal and the lock file record as the command.
+func (o *Options) command() []string {
+	if o.Command == nil {
+		return os.Args
+	}
+	return o.Command
+}
+
+// beginLocked performs B2 to B8 on n under lk, the lock B1 took. On error
+// nothing is left behind and lk is released.
+func beginLocked(ctx context.Context, n layout.Names, lk *lock.Lock, opts Options) (tx *Tx, err error) {
+	cmd := opts.command()
 	tx = newTx(n, lk, opts.FS, opts.Logger)
 	tx.deferRm, tx.progress = opts.DeferRemoval, opts.Progress
 	defer func() {
