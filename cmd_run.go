@@ -31,7 +31,7 @@ type runOptions struct {
 func newRunCommand() *cobra.Command {
 	o := &runOptions{wait: newLockWait()}
 	c := &cobra.Command{
-		Use:                   "run [flags] DIR -- COMMAND [ARG...]",
+		Use:                   "run [flags] DIR [DIR...] -- COMMAND [ARG...]",
 		DisableFlagsInUseLine: true,
 		Short:                 "Run COMMAND as one atomic, crash-safe transaction on DIR",
 		Long: `Run COMMAND as one atomic, crash-safe transaction on the tree DIR.
@@ -40,6 +40,11 @@ treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
 (in the current directory, with the current environment). If COMMAND exits 0
 its changes are made durable and kept; otherwise DIR is put back exactly as it
 was. After a crash, run: treetx recover DIR.
+
+With several DIRs, COMMAND runs as one transaction over all of them: every
+DIR keeps what COMMAND did, or every DIR is put back, even after a crash at
+any instant and a recovery of any one of them. The DIRs may be on different
+file systems, and must not lie inside one another.
 
 SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to treetx (Ctrl-C) are forwarded to
 COMMAND, and DIR is then rolled back whatever COMMAND returns: an interrupted
@@ -52,7 +57,8 @@ was not had in time; 125 if treetx itself failed, or if a rollback found
 files written in place whose old content is lost; 64 for a bad command line.`,
 		Example: `  treetx run /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix"
   treetx run -w 30 --exclude '*.tmp' site -- make -C site
-  treetx run -n -E 0 /srv/site -- make -C /srv/site   # busy: exit 0, not 75`,
+  treetx run -n -E 0 /srv/site -- make -C /srv/site   # busy: exit 0, not 75
+  treetx run /var/mail /var/lib/mailindex -- ./deliver   # both, or neither`,
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: completeDirThenCommand,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -62,10 +68,11 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 			if o.quiet && o.verbose {
 				return usageErrorf("run: --quiet (-q) and --verbose (-v) exclude each other (see %s --help)", cmd.CommandPath())
 			}
-			if err := dirCommandArgs(cmd, args, "treetx run DIR -- COMMAND [ARG...]"); err != nil {
+			if err := dirsCommandArgs(cmd, args, "treetx run DIR [DIR...] -- COMMAND [ARG...]", true); err != nil {
 				return err
 			}
-			return runRun(cmd.Context(), args[0], args[1:], o, cmd.ErrOrStderr())
+			dash := cmd.ArgsLenAtDash()
+			return runRun(cmd.Context(), args[:dash], args[dash:], o, cmd.ErrOrStderr())
 		},
 	}
 	o.wait.addFlags(c)
@@ -81,7 +88,8 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 	return c
 }
 
-func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stderr io.Writer) error {
+func runRun(ctx context.Context, dirs []string, argv []string, o *runOptions, stderr io.Writer) error {
+	dir := dirs[0]
 	opts := txn.RunOptions{Options: txn.Options{
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
 		LockTimeout: o.wait.wait(), NoWait: o.wait.wait() == 0, Command: argv,
@@ -103,10 +111,16 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 		opts.Progress = progress.entries
 		opts.Started = func(*txn.Tx) { progress.clear() }
 	}
-	rr, err := txn.Run(ctx, dir, argv, opts)
+	rr, err := txn.RunGroup(ctx, dirs, argv, opts)
 	progress.clear()
-	if rr != nil && rr.Result != nil {
-		if cerr := startCleanup(rr.Result.Garbage); cerr != nil {
+	if rr != nil {
+		var garbage []string
+		for _, r := range rr.Results {
+			if r != nil {
+				garbage = append(garbage, r.Garbage...)
+			}
+		}
+		if cerr := startCleanup(garbage); cerr != nil {
 			fmt.Fprintf(stderr, "treetx: warning: %v (treetx gc removes them later)\n", cerr)
 		}
 	}
@@ -116,8 +130,17 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 	if rr != nil && rr.Joined != "" && o.verbose {
 		fmt.Fprintf(stderr, "treetx: %s is held by the transaction on %s that runs this command: joined it; that transaction commits or rolls back what the command did\n", dir, rr.Joined)
 	}
-	if rr != nil && rr.Result != nil && !o.quiet {
-		report(stderr, dir, rr)
+	if rr != nil && !o.quiet {
+		for i, r := range rr.Results {
+			if r == nil {
+				continue
+			}
+			name := dir // as given
+			if len(dirs) > 1 {
+				name = rr.Trees[i]
+			}
+			report(stderr, name, rr, r)
+		}
 	}
 	if err != nil {
 		var lost *txn.LostContentError
@@ -138,8 +161,7 @@ func runRun(ctx context.Context, dir string, argv []string, o *runOptions, stder
 }
 
 // report tells what the transaction did, on stderr.
-func report(w io.Writer, dir string, rr *txn.RunResult) {
-	res := rr.Result
+func report(w io.Writer, dir string, rr *txn.RunResult, res *txn.Result) {
 	if rr.Committed {
 		if len(res.InPlace) > 0 {
 			fmt.Fprintf(w, "treetx: warning: %d file(s) in %s were written in place, through the inode the shadow shared; had the command failed, their old content would have been lost (protect them with --copy):\n", len(res.InPlace), dir)

@@ -25,13 +25,21 @@ func notDirectory(dir string) error {
 // DIR (run, lock): exactly one DIR, then --, then COMMAND. usage is the
 // command's usage line, for the message.
 func dirCommandArgs(c *cobra.Command, args []string, usage string) error {
+	return dirsCommandArgs(c, args, usage, false)
+}
+
+// dirsCommandArgs is dirCommandArgs where several DIRs are allowed if
+// several is set.
+func dirsCommandArgs(c *cobra.Command, args []string, usage string, several bool) error {
 	dash := c.ArgsLenAtDash()
 	switch {
 	case dash < 0:
 		return usageErrorf("%s: missing -- before the command (usage: %s)", c.Name(), usage)
-	case dash != 1:
+	case dash == 0 && several:
+		return usageErrorf("%s: want at least one DIR before -- (usage: %s)", c.Name(), usage)
+	case dash != 1 && !several:
 		return usageErrorf("%s: want exactly one DIR before --, got %d (usage: %s)", c.Name(), dash, usage)
-	case len(args) == 1:
+	case len(args) == dash:
 		return usageErrorf("%s: no command after -- (usage: %s)", c.Name(), usage)
 	}
 	return nil

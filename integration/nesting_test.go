@@ -183,3 +183,32 @@ func TestForgedHeldJoinsNothing(t *testing.T) {
 		t.Errorf("f = %q, want it unchanged", got)
 	}
 }
+
+// TestOuterTreeKeepsInnerNames checks what a transaction on a tree does with
+// treetx's names of a tree inside it: the inner lock and gate get copies in
+// the shadow (a link would give them two links, and such a lock is
+// refused), so the inner tree can be used at once after the outer
+// transaction, committed or rolled back; an inner transaction's journal
+// keeps the outer one from beginning, until the inner tree is recovered.
+func TestOuterTreeKeepsInnerNames(t *testing.T) {
+	t.Parallel()
+	_, repo := newTree(t, map[string]string{"mod/f": "f\n"})
+	mod := filepath.Join(repo, "mod")
+	wantCode(t, treetx(t, nil, "run", mod, "--", "true"), 0)
+	for _, code := range []int{0, 1} {
+		r := treetx(t, nil, "run", repo, "--", "sh", "-c", fmt.Sprintf(`echo x > "%s/new%d"; exit %d`, repo, code, code))
+		wantCode(t, r, code)
+		wantCode(t, treetx(t, nil, "run", "-n", mod, "--", "true"), 0)
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(repo, lockName("mod")), &st); err != nil || st.Nlink != 1 {
+			t.Errorf("after an outer exit %d: the inner lock file: %v, %d links, want one", code, err, st.Nlink)
+		}
+	}
+	// An inner transaction's leftover journal: the outer one refuses.
+	if err := os.WriteFile(filepath.Join(repo, ".#treetx.mod.journal"), []byte("{}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := treetx(t, nil, "run", repo, "--", "true")
+	wantCode(t, r, 125)
+	contains(t, "stderr", r.stderr, "recover it first")
+}

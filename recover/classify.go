@@ -78,6 +78,10 @@ func classify(n layout.Names) (*Report, error) {
 			r.Found = "an interrupted commit of " + who
 			r.Action = "finish the commit (the new tree is durable)"
 		}
+		if j.Group != nil { // rows 18, 19, 20
+			r.Found += fmt.Sprintf(", one of the %d trees of transaction %s", len(j.Group.Trees), j.Group.ID)
+			classifyGroup(n, r, j)
+		}
 		return r, nil
 	case !errors.Is(jerr, fs.ErrNotExist): // row 16; row 17 for a journal file treetx did not write
 		r.State, r.Row = StateNeedsPerson, "16"
@@ -86,6 +90,25 @@ func classify(n layout.Names) (*Report, error) {
 		}
 		r.Found = fmt.Sprintf("%v; nothing done: inspect it, and the names %s%s.* beside it", jerr, layout.Prefix, n.Base)
 		return r, nil
+	}
+	if len(present[layout.KindGroup]) > 0 {
+		// The marker of a transaction over several trees, with no journal
+		// here: this tree is final. Row 19 while the group's record still
+		// has its journal (recovering the record recovers this tree's
+		// group); else garbage (row 3).
+		g, owner, err := layout.ReadMarker(n)
+		unfinished := false
+		if err == nil {
+			unfinished, err = g.Unfinished(owner)
+		}
+		if err == nil && unfinished {
+			r.State, r.Row = StateNeedsRecovery, "19"
+			r.Group = &GroupReport{ID: g.ID, Trees: g.Trees}
+			r.Found = fmt.Sprintf("one of the %d trees of transaction %s, which is not over", len(g.Trees), g.ID)
+			r.Action = "recover the transaction from its record, " + g.Record()
+			return r, nil
+		}
+		r.garbage = append(r.garbage, present[layout.KindGroup]...)
 	}
 	if c := present[layout.KindComplete]; len(c) > 0 { // row 4
 		r.State, r.Row = StateNeedsPerson, "4"

@@ -138,6 +138,9 @@ type Report struct {
 	Kept string `json:"kept"`
 	// Error is why recovery failed or the directory could not be inspected.
 	Error string `json:"error"`
+	// Group describes the transaction over several trees that the journal
+	// belongs to, or is null.
+	Group *GroupReport `json:"group"`
 
 	garbage  []string // names no journal claims, to drop (rows 2, 3, 3a)
 	failed   []string // names of failed trees kept for inspection
@@ -287,6 +290,16 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 		}
 		return &Report{Dir: n.Dir, State: StateIdle, Row: "1", Found: "no transaction"}, nil
 	}
+	if !exists(n.Path(n.Journal)) {
+		// One of the trees of a transaction over several, final, whose
+		// marker leads to the record: recovering the record recovers the
+		// group, this tree included (row 19).
+		if g, owner, err := layout.ReadMarker(n); err == nil && g.Record() != n.Dir {
+			if unfinished, err := g.Unfinished(owner); err == nil && unfinished {
+				return recoverDir(g.Record(), opts, gc)
+			}
+		}
+	}
 	if opts.DryRun {
 		return dryRun(n, gc)
 	}
@@ -307,6 +320,9 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	}
 	if r.State == StateNeedsPerson {
 		return r, fmt.Errorf("%s: %w: %s", n.Dir, ErrNeedsPerson, r.Found)
+	}
+	if r.Group != nil {
+		return recoverGroup(n, r, opts, verb)
 	}
 	plan(r, n, gc)
 	if len(r.Plan) == 0 {

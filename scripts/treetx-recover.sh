@@ -1537,7 +1537,7 @@ has_names() {
 	for f in "$pp"/.[#]treetx.*; do
 		b=${f##*/}
 		case $b in
-		"$pre"lock | "$pre"gate | "$pre"journal | "$pre"journal.tmp | "$pre"meta | "$pre"incomplete | "$pre"complete) return 0 ;;
+		"$pre"lock | "$pre"gate | "$pre"journal | "$pre"journal.tmp | "$pre"meta | "$pre"incomplete | "$pre"complete | "$pre"group) return 0 ;;
 		"$pre"removing.*) is_id "${b#"$pre"removing.}" && return 0 ;;
 		"$pre"failed.*) is_id "${b#"$pre"failed.}" && return 0 ;;
 		esac
@@ -1892,6 +1892,12 @@ recover_locked() {
 	fi
 	if [ -n "$as_owner" ]; then
 		refuse "$J: expected the journal owned by uid $as_owner, found nothing (it was removed)"
+		return 125
+	fi
+	if exists "$pp/${pre}group"; then
+		# A transaction over several trees (journal version 2): this
+		# script does not recover those; treetx recover does.
+		refuse "$pp/${pre}group marks one of the trees of a transaction over several trees, which this script does not recover: run treetx recover $D"
 		return 125
 	fi
 	if exists "$CPL"; then

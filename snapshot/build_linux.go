@@ -123,6 +123,9 @@ func (b *builder) list(w *worker, n *dirNode) error {
 		if n.rel != "" {
 			crel = n.rel + "/" + e.name
 		}
+		if b.opts.Refuse.Match(crel) {
+			return fmt.Errorf("snapshot: %s: %w", filepath.Join(srcPath, e.name), ErrRefusedEntry)
+		}
 		if b.opts.Exclude.Match(crel) {
 			b.mu.Lock()
 			b.stats.Excluded = append(b.stats.Excluded, crel)

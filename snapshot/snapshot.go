@@ -39,6 +39,10 @@ type Options struct {
 	Exclude *Matcher
 	// Copy names regular files that get a real copy instead of a hard link.
 	Copy *Matcher
+	// Refuse names entries the shadow may not hold: Build fails on the
+	// first one it meets, with an error satisfying errors.Is(err,
+	// ErrRefusedEntry) that names it.
+	Refuse *Matcher
 	// Manifest receives a record for every hard-linked file. Required.
 	Manifest *ManifestWriter
 	// Progress, if set, is called with the number of entries done so far,
@@ -57,6 +61,9 @@ type Options struct {
 	// Logger receives debug messages. Nil discards them.
 	Logger *slog.Logger
 }
+
+// ErrRefusedEntry reports an entry that Options.Refuse names.
+var ErrRefusedEntry = errors.New("an entry the shadow may not hold")
 
 // ErrOwner reports an entry whose owner the shadow cannot keep: only root
 // may give a file to another user.

@@ -51,6 +51,13 @@ func crashChild() int {
 	after, _ := strconv.Atoi(os.Getenv(envAfter))
 	f := &fsystest.FS{CrashAfter: after}
 	dir := os.Getenv(envDir)
+	if os.Getenv(envChild) == "group" {
+		if err := transactGroup(strings.Split(dir, ":"), os.Getenv(envPath), f); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 3
+		}
+		return 0
+	}
 	if os.Getenv(envChild) == "recover" {
 		if _, err := txrecover.Recover(dir, txrecover.Options{FS: f}); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -53,8 +53,13 @@ type RunResult struct {
 	// or 0. Whoever interrupts a transaction means to abandon it: it was
 	// rolled back, whatever the command's status.
 	Signal syscall.Signal
-	// Result is the transaction's result; nil when Joined.
+	// Result is the transaction's result (the first directory's, over
+	// several); nil when Joined.
 	Result *Result
+	// Trees are the directories of the transaction, in the order of their
+	// paths, and Results each one's result.
+	Trees   []string
+	Results []*Result
 	// Joined is the tree of the enclosing transaction that this run joined
 	// (see Run), or "".
 	Joined string
@@ -77,8 +82,19 @@ type RunResult struct {
 // content of files written in place (*LostContentError); the RunResult is
 // filled as far as it got.
 func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunResult, error) {
+	return RunGroup(ctx, []string{dir}, argv, opts)
+}
+
+// RunGroup is Run over several directories, as one transaction (see
+// BeginGroup): the command's exit status commits or rolls back all of them.
+// RunResult.Results holds each directory's result, in the order of their
+// paths (Trees), and Result the first's. With one directory it is Run.
+func RunGroup(ctx context.Context, dirs []string, argv []string, opts RunOptions) (*RunResult, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("no command to run")
+	}
+	if len(dirs) == 0 {
+		return nil, errors.New("no directory given")
 	}
 	rr := &RunResult{}
 	if status, err := command.Check(argv[0]); err != nil {
@@ -97,32 +113,45 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 		}
 	}
 	held := nest.FromEnv(layout.LockOf)
-	if n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForTransaction}); err == nil {
-		joined, err := nest.Join(held, n.Dir, lock.Exclusive)
-		if err != nil {
-			return rr, err
-		}
-		if joined != nil {
-			// Nested: the enclosing transaction holds dir, and decides.
-			rr.Joined = joined.Dir
-			status, startErr, err := command.Run(argv, command.Options{
-				Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr, Signals: sigs, Received: received,
-			})
-			rr.Status, rr.StartErr = status, startErr
-			return rr, err
-		}
-	}
-	tx, err := begin(ctx, dir, opts.Options, sigs)
+	joined, err := joinAll(held, dirs)
 	if err != nil {
 		return rr, err
 	}
-	if opts.Started != nil {
-		opts.Started(tx)
+	if joined != "" {
+		// Nested: the enclosing transaction holds every directory, and
+		// decides.
+		rr.Joined = joined
+		status, startErr, err := command.Run(argv, command.Options{
+			Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr, Signals: sigs, Received: received,
+		})
+		rr.Status, rr.StartErr = status, startErr
+		return rr, err
 	}
-	files, env, err := inheritable(tx, held)
+	u, err := begin(ctx, dirs, opts.Options, sigs)
 	if err != nil {
-		_, rbErr := tx.Rollback()
-		return rr, errors.Join(fmt.Errorf("pass the lock to the command: %w", err), rbErr)
+		return rr, err
+	}
+	for _, tx := range u.txs {
+		rr.Trees = append(rr.Trees, tx.Dir())
+	}
+	if opts.Started != nil {
+		opts.Started(u.txs[0])
+	}
+	end := func(commit bool) error {
+		f := u.rollback
+		if commit {
+			f = u.commit
+		}
+		rs, err := f()
+		rr.Results = rs
+		if len(rs) > 0 {
+			rr.Result = rs[0]
+		}
+		return err
+	}
+	files, env, err := inheritable(u.txs, held)
+	if err != nil {
+		return rr, errors.Join(fmt.Errorf("pass the lock to the command: %w", err), end(false))
 	}
 	status, startErr, err := command.Run(argv, command.Options{
 		Stdin: opts.Stdin, Stdout: opts.Stdout, Stderr: opts.Stderr,
@@ -130,30 +159,75 @@ func Run(ctx context.Context, dir string, argv []string, opts RunOptions) (*RunR
 	})
 	rr.Status, rr.StartErr = status, startErr
 	if err != nil {
-		_, rbErr := tx.Rollback()
-		return rr, errors.Join(err, rbErr)
+		return rr, errors.Join(err, end(false))
 	}
 	if status == 0 && startErr == nil && rr.Signal == 0 {
-		rr.Result, err = tx.Commit()
+		err = end(true)
 		rr.Committed = err == nil
 		return rr, err
 	}
-	rr.Result, err = tx.Rollback()
-	return rr, err
+	return rr, end(false)
 }
 
-// begin is BeginContext, cancelled by the first of sigs that arrives before
-// it returns. A signal that arrives as it returns still counts: the
-// transaction is then rolled back before the command starts.
-func begin(ctx context.Context, dir string, opts Options, sigs <-chan os.Signal) (tx *Tx, err error) {
-	s := command.WhileWaiting(ctx, sigs, func(ctx context.Context) { tx, err = BeginContext(ctx, dir, opts) })
+// joinAll says whether every directory of dirs is held by an enclosing
+// treetx (the tree it joins, or one of them), or none is; a mix, or a
+// directory that would wait for the enclosing treetx, is an error.
+func joinAll(held []nest.Tree, dirs []string) (string, error) {
+	joined, free := "", ""
+	for _, dir := range dirs {
+		n, err := layout.Resolve(dir, layout.ResolveOptions{Use: layout.ForTransaction})
+		if err != nil {
+			free = dir // Begin reports it
+			continue
+		}
+		t, err := nest.Join(held, n.Dir, lock.Exclusive)
+		if err != nil {
+			return "", err
+		}
+		if t == nil {
+			free = n.Dir
+			continue
+		}
+		joined = t.Dir
+	}
+	if joined != "" && free != "" {
+		return "", &nest.Error{Dir: free, Held: nest.Tree{Mode: lock.Exclusive.String(), Dir: joined}, Why: "is not held by the enclosing treetx, while another directory given is: one transaction cannot both join it and stand apart"}
+	}
+	return joined, nil
+}
+
+// unit is what Run runs the command in: one transaction, or a group.
+type unit struct {
+	txs      []*Tx
+	commit   func() ([]*Result, error)
+	rollback func() ([]*Result, error)
+}
+
+// begin begins the transaction over dirs, cancelled by the first of sigs
+// that arrives before it returns. A signal that arrives as it returns still
+// counts: the transaction is then rolled back before the command starts.
+func begin(ctx context.Context, dirs []string, opts Options, sigs <-chan os.Signal) (u *unit, err error) {
+	s := command.WhileWaiting(ctx, sigs, func(ctx context.Context) {
+		if len(dirs) == 1 {
+			var tx *Tx
+			if tx, err = BeginContext(ctx, dirs[0], opts); err == nil {
+				one := func(r *Result, err error) ([]*Result, error) { return []*Result{r}, err }
+				u = &unit{txs: []*Tx{tx}, commit: func() ([]*Result, error) { return one(tx.Commit()) }, rollback: func() ([]*Result, error) { return one(tx.Rollback()) }}
+			}
+			return
+		}
+		var g *Group
+		if g, err = BeginGroup(ctx, dirs, opts); err == nil {
+			u = &unit{txs: g.Txs(), commit: g.Commit, rollback: g.Rollback}
+		}
+	})
 	if s == nil {
-		return tx, err
+		return u, err
 	}
 	sig, _ := s.(syscall.Signal) // signal.Notify sends only those
 	got := &InterruptedError{Signal: sig}
-	if tx != nil {
-		if _, rbErr := tx.Rollback(); rbErr != nil {
+	if u != nil {
+		if _, rbErr := u.rollback(); rbErr != nil {
 			return nil, errors.Join(got, rbErr)
 		}
 	}
@@ -165,12 +239,21 @@ func begin(ctx context.Context, dir string, opts Options, sigs <-chan os.Signal)
 // trees inside and around the tree out, then those of the trees an
 // enclosing treetx holds (held); and its environment, which names the trees
 // held (nest.Env), this one first.
-func inheritable(tx *Tx, held []nest.Tree) ([]*os.File, []string, error) {
-	files, own, err := tx.tx.Inheritable(3)
-	if err != nil {
-		return nil, nil, err
+func inheritable(txs []*Tx, held []nest.Tree) ([]*os.File, []string, error) {
+	var files []*os.File
+	var own []nest.Tree
+	for _, tx := range txs {
+		fs, t, err := tx.tx.Inheritable(3 + len(files))
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, nil, err
+		}
+		files = append(files, fs...)
+		own = append(own, t)
 	}
 	passed, renumbered := nest.Pass(held, 3+len(files))
 	files = append(files, passed...)
-	return files, nest.Environ(os.Environ(), append([]nest.Tree{own}, renumbered...)), nil
+	return files, nest.Environ(os.Environ(), append(own, renumbered...)), nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,9 +15,15 @@ import (
 	"github.com/treetx/treetx/internal/safeopen"
 )
 
-// JournalVersion is the version of the journal format this package writes
-// and reads.
-const JournalVersion = 1
+// JournalVersion is the newest version of the journal format this package
+// reads. It writes version 1 for a transaction on one tree, and version 2,
+// which adds Group, for one over several trees: a treetx that knows only
+// version 1 refuses such a journal instead of recovering one tree of the
+// group on its own.
+const JournalVersion = 2
+
+// MaxGroup bounds the number of trees of one transaction.
+const MaxGroup = 64
 
 // Phase is the step a transaction had reached, as its journal records it.
 type Phase string
@@ -55,6 +62,9 @@ type Journal struct {
 	// Lost lists the hard-linked files whose old content a rollback found
 	// written in place (phase rollback only).
 	Lost []string `json:"lost,omitempty"`
+	// Group, in a transaction over several trees, links the journals of
+	// all of them (version 2).
+	Group *Group `json:"group,omitempty"`
 	// Owner is the uid that owns the journal file, as ReadJournal found
 	// it (not part of the journal's text): the transaction's owner, whom
 	// its manifest and shadow must belong to (see CheckShadow).
@@ -63,6 +73,22 @@ type Journal struct {
 	// for a journal this process writes.
 	written unix.Timespec
 }
+
+// Group is what each journal of a transaction over several trees says of
+// the others. The journal of the first tree, the record, decides for all:
+// the transaction committed once, and only if, the record's phase is
+// commit. The record is written first and removed last, so it exists as
+// long as any journal of the group does.
+type Group struct {
+	// ID identifies the group: every journal of it has the same.
+	ID string `json:"id"`
+	// Trees are the directories of the transaction, absolute, in the order
+	// their locks are taken; the first is the record's.
+	Trees []string `json:"trees"`
+}
+
+// Record returns the directory whose journal decides for the group.
+func (g *Group) Record() string { return g.Trees[0] }
 
 // MaxJournal bounds the size of a journal treetx reads.
 const MaxJournal = 1 << 20
@@ -150,12 +176,17 @@ func parseJournal(path string, data []byte) (*Journal, error) {
 		return nil, fmt.Errorf("%s: %w: %v", path, ErrJournalCorrupt, err)
 	}
 	switch {
-	case j.Version != JournalVersion:
+	case j.Version != 1 && j.Version != 2, j.Version == 1 && j.Group != nil, j.Version == 2 && j.Group == nil:
 		return nil, fmt.Errorf("%s: %w: version %d", path, ErrJournalCorrupt, j.Version)
 	case !IsID(j.ID):
 		return nil, fmt.Errorf("%s: %w: bad id %q", path, ErrJournalCorrupt, j.ID)
 	case j.Shadow.Ino == 0:
 		return nil, fmt.Errorf("%s: %w: no shadow inode", path, ErrJournalCorrupt)
+	}
+	if j.Group != nil {
+		if err := j.Group.check(); err != nil {
+			return nil, fmt.Errorf("%s: %w: group: %v", path, ErrJournalCorrupt, err)
+		}
 	}
 	for _, l := range j.Lost {
 		if err := safeopen.CheckRel(l, false); err != nil {
@@ -199,6 +230,27 @@ func WriteJournal(fs fsys.FS, pfd int, n Names, j *Journal) error {
 	}
 	if err := fs.Fsync(pfd); err != nil {
 		return fmt.Errorf("journal: fsync %s: %w", n.Parent, err)
+	}
+	return nil
+}
+
+// check says what makes g no group treetx writes.
+func (g *Group) check() error {
+	if !IsID(g.ID) {
+		return fmt.Errorf("bad id %q", g.ID)
+	}
+	if len(g.Trees) < 2 || len(g.Trees) > MaxGroup {
+		return fmt.Errorf("%d trees", len(g.Trees))
+	}
+	seen := map[string]bool{}
+	for _, t := range g.Trees {
+		if !filepath.IsAbs(t) || filepath.Clean(t) != t || t == "/" || len(t) > 4096 || strings.ContainsRune(t, 0) {
+			return fmt.Errorf("bad tree %q", t)
+		}
+		if seen[t] {
+			return fmt.Errorf("tree %q twice", t)
+		}
+		seen[t] = true
 	}
 	return nil
 }

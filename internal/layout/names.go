@@ -47,6 +47,7 @@ type Names struct {
 	Meta       string // the manifest of hard-linked files
 	Incomplete string // a shadow being built
 	Complete   string // a whole, durable shadow (after a rollback's exchange, the failed tree)
+	Group      string // the marker of a transaction over several trees (layout.Group)
 }
 
 // NamesFor returns the names for the absolute, clean directory path dir.
@@ -61,6 +62,7 @@ func NamesFor(dir string) (Names, error) {
 		Lock: p + KindLock.suffix(), Gate: p + KindGate.suffix(), Journal: p + KindJournal.suffix(),
 		JournalTmp: p + KindJournalTmp.suffix(), Meta: p + KindMeta.suffix(),
 		Incomplete: p + KindIncomplete.suffix(), Complete: p + KindComplete.suffix(),
+		Group: p + KindGroup.suffix(),
 	}, nil
 }
 
@@ -75,6 +77,19 @@ func (n Names) Failed(id string) string { return Prefix + n.Base + "." + KindFai
 // directory. It is no transaction's: recovery and gc leave it (Classify says
 // KindOther) to a rerun of treetx convert, which finishes or undoes it.
 func (n Names) Converting() string { return Prefix + n.Base + ".converting" }
+
+// NestedCopies are the names of another tree's lock and gate, met inside a
+// tree: its shadow holds copies of them, not links (see
+// snapshot.Options.Copy).
+func NestedCopies() []string { return []string{Prefix + "*.lock", Prefix + "*.gate"} }
+
+// NestedUnfinished are the names an unfinished transaction on another tree
+// leaves beside it: met inside a tree, they keep a transaction on that tree
+// from beginning (its rollback would put back what a recovery of the tree
+// inside must find).
+func NestedUnfinished() []string {
+	return []string{Prefix + "*.journal", Prefix + "*.incomplete", Prefix + "*.complete", Prefix + "*.group"}
+}
 
 // LockOf returns the path of the lock file of the directory dir (absolute
 // and clean).
@@ -102,6 +117,7 @@ const (
 	KindMeta
 	KindIncomplete
 	KindComplete
+	KindGroup
 	KindRemoving // followed by an id
 	KindFailed   // followed by an id
 )
@@ -124,6 +140,8 @@ func (k Kind) suffix() string {
 		return "incomplete"
 	case KindComplete:
 		return "complete"
+	case KindGroup:
+		return "group"
 	case KindRemoving:
 		return "removing."
 	case KindFailed:

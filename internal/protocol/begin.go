@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -71,6 +72,10 @@ type Tx struct {
 	// (B8), as the file system keeps time: every change the command makes
 	// is later (see unchanged).
 	started unix.Timespec
+	// noUnchanged keeps Rollback from ending an unchanged directory as a
+	// commit does: the record of a group whose other trees could not all
+	// be rolled back must say rollback (see Group.Rollback).
+	noUnchanged bool
 }
 
 // Begin locks dir (waiting as opts.LockTimeout says, or until ctx is
@@ -92,7 +97,7 @@ func Begin(ctx context.Context, dir string, opts Options) (tx *Tx, err error) {
 	if err != nil {
 		return nil, err
 	}
-	return beginLocked(ctx, n, lk, opts)
+	return beginLocked(ctx, n, lk, opts, nil)
 }
 
 // resolve resolves dir for a transaction, and refuses it inside a
@@ -127,11 +132,13 @@ func (o *Options) command() []string {
 	return o.Command
 }
 
-// beginLocked performs B2 to B8 on n under lk, the lock B1 took. On error
+// beginLocked performs B2 to B8 on n under lk, the lock B1 took; group, if
+// set, is the transaction's group, which its journal records. On error
 // nothing is left behind and lk is released.
-func beginLocked(ctx context.Context, n layout.Names, lk *lock.Lock, opts Options) (tx *Tx, err error) {
+func beginLocked(ctx context.Context, n layout.Names, lk *lock.Lock, opts Options, group *layout.Group) (tx *Tx, err error) {
 	cmd := opts.command()
 	tx = newTx(n, lk, opts.FS, opts.Logger)
+	tx.j.Group = group
 	tx.deferRm, tx.progress = opts.DeferRemoval, opts.Progress
 	defer func() {
 		if err != nil {
@@ -155,7 +162,10 @@ func beginLocked(ctx context.Context, n layout.Names, lk *lock.Lock, opts Option
 	if tx.j.ID, err = layout.NewID(); err != nil {
 		return tx, err
 	}
-	tx.j.Version, tx.j.PID, tx.j.Host, tx.j.User = layout.JournalVersion, os.Getpid(), holder.Host, holder.User
+	tx.j.Version, tx.j.PID, tx.j.Host, tx.j.User = 1, os.Getpid(), holder.Host, holder.User
+	if group != nil {
+		tx.j.Version = 2
+	}
 	tx.j.Owner = uint32(os.Geteuid())
 	tx.j.Command, tx.j.Start = cmd, time.Now().UTC().Truncate(time.Millisecond)
 
@@ -275,7 +285,17 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 			copies = append(copies, snapshot.CVSCopies()...)
 		}
 	}
-	copyM, err := snapshot.NewMatcher(copies...)
+	// The lock and gate of a tree inside get copies, not links: a link
+	// would give them two, and such a lock is refused (and a rollback
+	// puts the copies back, while no transaction inside is live).
+	copyM, err := snapshot.NewMatcher(append(copies, layout.NestedCopies()...)...)
+	if err != nil {
+		return fmt.Errorf("--copy: %w", err)
+	}
+	// What an unfinished transaction on a tree inside leaves there: the
+	// shadow must not take it in (a rollback would put back what that
+	// tree's recovery must find as it is).
+	unfinished, err := snapshot.NewMatcher(layout.NestedUnfinished()...)
 	if err != nil {
 		return fmt.Errorf("--copy: %w", err)
 	}
@@ -303,9 +323,12 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 	}
 	tx.step("B5", "build shadow", n.Incomplete)
 	stats, err := snapshot.Build(n.Dir, tx.pfd, n.Incomplete, snapshot.Options{
-		Context: ctx, FS: tx.fs, Exclude: exclude, Copy: copyM, Manifest: mw,
+		Context: ctx, FS: tx.fs, Exclude: exclude, Copy: copyM, Manifest: mw, Refuse: unfinished,
 		Progress: tx.progress.Of(ProgressBuild, 0), Logger: tx.log, AllowOwnerChange: opts.AllowOwnerChange,
 	})
+	if errors.Is(err, snapshot.ErrRefusedEntry) {
+		return fmt.Errorf("%s: %w: %v: a transaction on a tree inside it is unfinished; recover it first (treetx recover --scan %s)", n.Dir, ErrNeedsRecovery, err, n.Dir)
+	}
 	if err != nil {
 		return err
 	}
@@ -333,6 +356,9 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 // stale files no journal refers to.
 func (tx *Tx) checkClean() error {
 	n := tx.n
+	if err := checkMarker(tx.fs, tx.pfd, n, tx.j.Group); err != nil {
+		return err
+	}
 	if _, err := os.Lstat(n.Path(n.Journal)); err == nil {
 		return fmt.Errorf("%s: %w: %s records an unfinished transaction; run: treetx recover %s", n.Dir, ErrNeedsRecovery, n.Path(n.Journal), n.Dir)
 	}
@@ -453,4 +479,32 @@ func (w fdWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// checkMarker refuses a transaction beside a marker (layout.Names.Group) of
+// a transaction over several trees that is not over: its recovery still has
+// to reach the other trees through it. A marker of a group that is over, or
+// one treetx did not write, is garbage and goes (B2). own is the group of
+// the transaction beginning, whose own marker stays.
+func checkMarker(fs fsys.FS, pfd int, n layout.Names, own *layout.Group) error {
+	g, owner, err := layout.ReadMarker(n)
+	switch {
+	case errors.Is(err, iofs.ErrNotExist):
+		return nil
+	case err == nil && own != nil && g.ID == own.ID:
+		return nil
+	case err == nil:
+		unfinished, uerr := g.Unfinished(owner)
+		if uerr != nil || unfinished {
+			return fmt.Errorf("%s: %w: %s records that it is one of the trees of transaction %s over %v, which is not over; run: treetx recover %s", n.Dir, ErrNeedsRecovery, n.Path(n.Group), g.ID, g.Trees, g.Record())
+		}
+	}
+	err = fs.Unlinkat(pfd, n.Group, 0)
+	if errors.Is(err, unix.EISDIR) {
+		_, err = n.NameForRemoval(fs, pfd, n.Group, "", nil)
+	}
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove stale %s: %w", n.Path(n.Group), err)
+	}
+	return nil
 }

@@ -24,27 +24,46 @@ func (tx *Tx) Commit() (*Result, error) {
 		return nil, ErrDone
 	}
 	defer tx.close()
-	n := tx.n
 	res := &Result{LeftOut: tx.leftOut}
-	switch tx.j.Phase {
-	case layout.PhaseRunning:
-		// Step: the command's changes are durable before the commit point.
-		tx.step("C1", "syncfs", n.Parent)
-		if err := tx.fs.Syncfs(tx.pfd); err != nil {
-			return res, fmt.Errorf("commit: make changes durable: syncfs %s: %w", n.Dir, err)
-		}
-		if err := tx.expectShadowAt(n.Complete); err != nil {
-			return res, fmt.Errorf("commit: %w", err)
-		}
-		// C2: what was written in place is a warning now, lost content at
-		// a rollback.
-		// R1: list the linked files whose old content is lost.
-		tx.stopWatch()
-		inPlace, err := tx.changed(n.Complete)
+	if tx.j.Phase == layout.PhaseRunning {
+		inPlace, err := tx.prepareCommit()
 		if err != nil {
-			return res, fmt.Errorf("commit: %w", err)
+			return res, err
 		}
 		res.InPlace = inPlace
+	}
+	return tx.endCommit(res)
+}
+
+// prepareCommit takes the steps of a commit before its commit point: the
+// command's changes made durable (C1), and the list of the linked files
+// written in place (C2).
+func (tx *Tx) prepareCommit() ([]string, error) {
+	n := tx.n
+	// Step: the command's changes are durable before the commit point.
+	tx.step("C1", "syncfs", n.Parent)
+	if err := tx.fs.Syncfs(tx.pfd); err != nil {
+		return nil, fmt.Errorf("commit: make changes durable: syncfs %s: %w", n.Dir, err)
+	}
+	if err := tx.expectShadowAt(n.Complete); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	// C2: what was written in place is a warning now, lost content at
+	// a rollback.
+	// R1: list the linked files whose old content is lost.
+	tx.stopWatch()
+	inPlace, err := tx.changed(n.Complete)
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return inPlace, nil
+}
+
+// endCommit takes the steps of a commit from its commit point on: the
+// journal says commit (C3), then the shadow is dropped (C4..C8).
+func (tx *Tx) endCommit(res *Result) (*Result, error) {
+	switch tx.j.Phase {
+	case layout.PhaseRunning:
 		if err := tx.setPhase("C3", layout.PhaseCommit); err != nil {
 			return res, fmt.Errorf("commit: %w", err)
 		}
@@ -91,7 +110,7 @@ func (tx *Tx) Rollback() (*Result, error) {
 		if err != nil {
 			return res, fmt.Errorf("rollback: %w", err)
 		}
-		if len(lost) == 0 {
+		if len(lost) == 0 && !tx.noUnchanged {
 			same, err := tx.unchanged(n.Complete)
 			if err != nil {
 				tx.log.Debug("comparing the directory with its shadow failed: putting the shadow back", "err", err)
@@ -119,6 +138,28 @@ func (tx *Tx) Rollback() (*Result, error) {
 		return res, &LostContentError{Dir: n.Dir, Paths: res.Lost, Kept: res.Kept}
 	}
 	return res, nil
+}
+
+// decideRollback makes the journal of a running transaction say rollback
+// (R1, R2) and releases the lock, leaving the rest to recovery.
+func (tx *Tx) decideRollback() error {
+	defer tx.close()
+	if tx.j.Phase != layout.PhaseRunning {
+		return nil
+	}
+	if err := tx.expectShadowAt(tx.n.Complete); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	tx.stopWatch()
+	lost, err := tx.changed(tx.n.Complete)
+	if err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	tx.j.Lost = lost
+	if err := tx.setPhase("R2", layout.PhaseRollback); err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	return nil
 }
 
 // endUnchanged ends the rollback of a directory the command left as it
@@ -367,6 +408,20 @@ func (tx *Tx) restore(name string) error {
 // fs performs every mutation (nil: the kernel's own calls); progress, if
 // set, reports the long phases.
 func Finish(n layout.Names, j *layout.Journal, fs fsys.FS, progress Progress) (*Result, error) {
+	return finishAs(n, j, false, fs, progress)
+}
+
+// FinishCommitted is Finish for a tree of a group whose record says commit
+// (row 18): a journal still in phase running is first made to say commit
+// (C3, durably), then the commit is finished; any other phase is finished
+// as Finish does. Called on every other tree of the group before the
+// record's own.
+func FinishCommitted(n layout.Names, j *layout.Journal, fs fsys.FS, progress Progress) (*Result, error) {
+	return finishAs(n, j, true, fs, progress)
+}
+
+// finishAs is Finish; commitRunning commits a journal in phase running.
+func finishAs(n layout.Names, j *layout.Journal, commitRunning bool, fs fsys.FS, progress Progress) (*Result, error) {
 	as := creds.For(j.Owner)
 	tx := newTx(n, nil, fs, nil)
 	tx.j, tx.progress = *j, progress
@@ -378,7 +433,14 @@ func Finish(n layout.Names, j *layout.Journal, fs fsys.FS, progress Progress) (*
 	}
 	var res *Result
 	err = creds.Do(as, func() (err error) {
-		if j.Phase == layout.PhaseCommit {
+		if commitRunning && j.Phase == layout.PhaseRunning {
+			// Row 18: the group committed; this tree's journal says so
+			// before its shadow goes.
+			if err := tx.setPhase("C3", layout.PhaseCommit); err != nil {
+				return fmt.Errorf("commit: %w", err)
+			}
+		}
+		if tx.j.Phase == layout.PhaseCommit {
 			res, err = tx.Commit()
 		} else {
 			res, err = tx.Rollback()
