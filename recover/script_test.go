@@ -1287,10 +1287,10 @@ func TestScriptRefuses(t *testing.T) {
 			editFile(t, journal(dir), func([]byte) []byte { return nil })
 			return dir
 		}},
-		{"journal version 2", func(t *testing.T) string {
+		{"journal version 3", func(t *testing.T) string {
 			dir := runningState(t, "rollback", pl)
 			editFile(t, journal(dir), func(b []byte) []byte {
-				return bytes.Replace(b, []byte(`"version": 1,`), []byte(`"version": 2,`), 1)
+				return bytes.Replace(b, []byte(`"version": 1,`), []byte(`"version": 3,`), 1)
 			})
 			return dir
 		}},
@@ -1369,7 +1369,7 @@ func TestScriptRefuses(t *testing.T) {
 			// a journal is refused are worded differently.
 			same := map[string]string{
 				"corrupt journal": "corrupt", "garbage journal": "corrupt", "truncated journal": "corrupt",
-				"empty journal": "corrupt", "journal version 2": "(version 2", "unknown phase": "corrupt",
+				"empty journal": "corrupt", "journal version 3": "(version 3", "unknown phase": "corrupt",
 				"unknown field": "corrupt", "bad start time": "corrupt",
 			}[tc.name]
 			before := snapshotOf(t, dir)

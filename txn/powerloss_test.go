@@ -2,6 +2,7 @@ package txn_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -284,6 +285,8 @@ func (m *fsModel) apply(op fsystest.Op) (ok bool, touched []*mnode) {
 // sync made it durable.
 type history struct {
 	initial  *fsModel
+	trees    []string // the trees in the parent, for a group; nil: "repo"
+	parent   string   // where a group was recorded: its journals name it
 	ops      []fsystest.Op
 	durable  []int // durable[i]: index of the first sync covering op i, or len(ops)
 	commitAt int   // index of the rename that made the journal say commit, or -1
@@ -302,7 +305,10 @@ func analyze(t *testing.T, initial *fsModel, ops []fsystest.Op) *history {
 			lastJournal = op.Data
 		}
 		if op.Kind == "renameat2" && strings.HasSuffix(op.Path2, ".journal") && bytes.Contains(lastJournal, []byte(`"phase": "commit"`)) {
-			h.commitAt = i
+			if h.commitAt < 0 {
+				// The first: the record's, in a group.
+				h.commitAt = i
+			}
 		}
 		switch op.Kind {
 		case "syncfs":
@@ -442,8 +448,10 @@ func (m *fsModel) materialize(t *testing.T, dst string) {
 		inoMap[n.ino], dev = st.Ino, st.Dev
 	}
 	write(dst, m.root)
-	patchJournal(t, filepath.Join(dst, ".#treetx.repo.journal"), inoMap, dev)
-	patchManifest(t, filepath.Join(dst, ".#treetx.repo.meta"), inoMap)
+	for _, tree := range []string{"repo", "repo2"} {
+		patchJournal(t, filepath.Join(dst, ".#treetx."+tree+".journal"), inoMap, dev)
+		patchManifest(t, filepath.Join(dst, ".#treetx."+tree+".meta"), inoMap)
+	}
 }
 
 // unmapped is an inode number no real file has: the journal names an inode
@@ -627,9 +635,12 @@ func shmDir(t *testing.T) string {
 
 // checker recovers states and counts violations.
 type checker struct {
+	// trees are the trees of the transaction, in the parent: "repo", and
+	// "repo2" for a group.
+	trees      []string
 	t          *testing.T
 	h          *history
-	old, new   treeimage.Image
+	old, new   map[string]treeimage.Image // by tree
 	seen       map[string]bool
 	checked    int
 	violations []string
@@ -639,17 +650,24 @@ type checker struct {
 }
 
 func newChecker(t *testing.T, h *history) *checker {
-	c := &checker{t: t, h: h, seen: map[string]bool{}, scratch: shmDir(t), to: len(h.ops)}
-	c.old = c.image(h.initial, treeimage.Options{})
-	c.new = c.image(h.final, treeimage.Options{IgnoreDirMtime: true})
+	c := &checker{t: t, h: h, seen: map[string]bool{}, scratch: shmDir(t), to: len(h.ops), trees: h.trees}
+	if len(c.trees) == 0 {
+		c.trees = []string{"repo"}
+	}
+	c.old = c.images(h.initial, treeimage.Options{})
+	c.new = c.images(h.final, treeimage.Options{IgnoreDirMtime: true})
 	return c
 }
 
-// image materializes a model and captures its directory.
-func (c *checker) image(m *fsModel, opts treeimage.Options) treeimage.Image {
+// images materializes a model and captures each tree of it.
+func (c *checker) images(m *fsModel, opts treeimage.Options) map[string]treeimage.Image {
 	p := c.next()
 	m.materialize(c.t, p)
-	return treeimage.MustCapture(c.t, filepath.Join(p, "repo"), opts)
+	out := map[string]treeimage.Image{}
+	for _, tree := range c.trees {
+		out[tree] = treeimage.MustCapture(c.t, filepath.Join(p, tree), opts)
+	}
+	return out
 }
 
 func (c *checker) next() string {
@@ -670,7 +688,7 @@ func (c *checker) check(k int, keep func(int) bool) {
 	p := c.next()
 	m.materialize(c.t, p)
 	defer os.RemoveAll(p)
-	dir := filepath.Join(p, "repo")
+	c.relocate(p)
 	want, opts, label := c.old, treeimage.Options{}, "old"
 	if committed {
 		want, opts, label = c.new, treeimage.Options{IgnoreDirMtime: true}, "new"
@@ -685,22 +703,48 @@ func (c *checker) check(k int, keep func(int) bool) {
 		c.violations = append(c.violations, fmt.Sprintf("power cut after step %s, steps lost [%s]: want the %s tree: %s",
 			c.h.ops[k], strings.Join(lost, " "), label, fmt.Sprintf(format, args...)))
 	}
-	if _, err := txrecover.Recover(dir, txrecover.Options{}); err != nil {
+	// A group: recover one of its trees, in turn; each must then be the
+	// wanted tree; then recover them all, and nothing may be left.
+	first := filepath.Join(p, c.trees[k%len(c.trees)])
+	if _, err := txrecover.Recover(first, txrecover.Options{}); err != nil {
 		fail("recover: %v", err)
 		return
 	}
-	got, err := treeimage.Capture(dir, opts)
-	if err != nil {
-		fail("capture: %v", err)
+	same := func() bool {
+		for _, tree := range c.trees {
+			got, err := treeimage.Capture(filepath.Join(p, tree), opts)
+			if err != nil {
+				fail("capture: %v", err)
+				return false
+			}
+			if d := want[tree].Diff(got); d != nil {
+				fail("%s: %s", tree, strings.Join(d[:min(len(d), 4)], "; "))
+				return false
+			}
+		}
+		return true
+	}
+	if !same() {
 		return
 	}
-	if d := want.Diff(got); d != nil {
-		fail("%s", strings.Join(d[:min(len(d), 4)], "; "))
-		return
+	if len(c.trees) > 1 {
+		for _, tree := range c.trees {
+			if _, err := txrecover.Recover(filepath.Join(p, tree), txrecover.Options{}); err != nil {
+				fail("recover %s after %s: %v", tree, first, err)
+				return
+			}
+		}
+		if !same() {
+			return
+		}
 	}
 	ents, _ := os.ReadDir(p)
 	for _, e := range ents {
-		if e.Name() != "repo" && e.Name() != ".#treetx.repo.lock" && e.Name() != ".#treetx.repo.gate" {
+		keep := false
+		for _, tree := range c.trees {
+			keep = keep || e.Name() == tree || e.Name() == ".#treetx."+tree+".lock" || e.Name() == ".#treetx."+tree+".gate"
+		}
+		if !keep {
 			fail("left behind: %s", e.Name())
 			return
 		}
@@ -886,4 +930,139 @@ func syncWindow(h *history, b int) (from, to int) {
 		}
 	}
 	return b, to
+}
+
+// recordGroup is record for one transaction over two trees, repo and repo2,
+// in the same parent (so one model holds both).
+func recordGroup(t *testing.T, build func(string) error, path string, skipSync int) *history {
+	t.Helper()
+	parent := shmDir(t)
+	dirs := []string{filepath.Join(parent, "repo"), filepath.Join(parent, "repo2")}
+	for _, d := range dirs {
+		if err := build(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	initial := loadModel(t, parent)
+	rec := &fsystest.FS{Record: true, SkipSync: skipSync}
+	g, err := txn.BeginGroup(context.Background(), dirs, txn.Options{FS: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if err := mutateFS(d, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if path == "commit" {
+		_, err = g.Commit()
+	} else {
+		_, err = g.Rollback()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []fsystest.Op
+	for _, op := range rec.Ops() {
+		if op.Err == nil {
+			ops = append(ops, op)
+		}
+	}
+	h := analyze(t, initial, ops)
+	h.trees, h.parent = []string{"repo", "repo2"}, parent
+	return h
+}
+
+// TestPowerLossGroup checks the power-loss states of a transaction over two
+// trees, commit and rollback, on the small tree: every subset of the
+// volatile steps where there are at most 8 of them (10 with
+// TREETX_EXHAUSTIVE=1), samples elsewhere; and, with each of the group's
+// syncs removed in turn, that the checker finds violations for the
+// record's commit-point write.
+func TestPowerLossGroup(t *testing.T) {
+	seed := powerLossSeed(t)
+	var total atomic.Int64
+	t.Cleanup(func() { fmt.Printf("group power-loss states: %d checked\n", total.Load()) })
+	for i, path := range []string{"commit", "rollback"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			rng := rand.New(rand.NewPCG(seed, uint64(40+i)))
+			c := newChecker(t, recordGroup(t, smallTree, path, 0))
+			exhaustive := 8
+			if testenv.Exhaustive() {
+				exhaustive = 10
+			}
+			samples := 16
+			if testenv.Exhaustive() {
+				samples = 160
+			}
+			c.run(exhaustive, samples, rng)
+			c.report("group/" + path)
+			total.Add(int64(c.checked))
+		})
+	}
+	// The checker can fail: with each sync of the group's commit removed
+	// in turn, it must find violations for some.
+	t.Run("missing sync", func(t *testing.T) {
+		t.Parallel()
+		rng := rand.New(rand.NewPCG(seed, 50))
+		base := recordGroup(t, smallTree, "commit", 0)
+		var syncs []fsystest.Op
+		for _, op := range base.ops {
+			if op.Kind == "fsync" || op.Kind == "syncfs" {
+				syncs = append(syncs, op)
+			}
+		}
+		// By default the 3 syncs before the commit point, and 3 others
+		// drawn; every one with TREETX_EXHAUSTIVE=1.
+		var pick []int
+		for i, op := range syncs {
+			if testenv.Exhaustive() || op.Step <= base.ops[base.commitAt].Step && op.Step > base.ops[base.commitAt].Step-12 {
+				pick = append(pick, i)
+			}
+		}
+		for range 3 {
+			pick = append(pick, rng.IntN(len(syncs)))
+		}
+		slices.Sort(pick)
+		pick = slices.Compact(pick)
+		caught := 0
+		for _, i := range pick {
+			op := syncs[i]
+			c := newChecker(t, recordGroup(t, smallTree, "commit", i+1))
+			c.from, c.to = syncWindow(c.h, slices.IndexFunc(base.ops, func(o fsystest.Op) bool { return o.Step == op.Step }))
+			c.run(4, 4, rng)
+			if len(c.violations) > 0 {
+				caught++
+			}
+		}
+		fmt.Printf("group commit: %d of %d syncs (of %d) removed one at a time are caught by the checker\n", caught, len(pick), len(syncs))
+		if caught == 0 {
+			t.Errorf("no sync of the group's commit is needed, says the checker: it cannot fail")
+		}
+	})
+}
+
+// relocate makes the journals and markers of a group materialized in p name
+// its trees there, not where the group was recorded.
+func (c *checker) relocate(p string) {
+	if c.h.parent == "" {
+		return
+	}
+	ents, _ := os.ReadDir(p)
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, ".#treetx.") && (strings.HasSuffix(n, ".journal") || strings.HasSuffix(n, ".group")) {
+			path := filepath.Join(p, n)
+			data, err := os.ReadFile(path)
+			if err != nil {
+				continue
+			}
+			fi, err := os.Lstat(path)
+			if err != nil {
+				continue
+			}
+			data = bytes.ReplaceAll(data, []byte(c.h.parent+"/"), []byte(p+"/"))
+			os.WriteFile(path, data, fi.Mode().Perm())
+		}
+	}
 }
