@@ -78,7 +78,7 @@ func classify(n layout.Names) (*Report, error) {
 			r.Found = "an interrupted commit of " + who
 			r.Action = "finish the commit (the new tree is durable)"
 		}
-		if j.Group != nil { // rows 18, 19, 20
+		if j.Group != nil { // rows 29, 30, 31
 			r.Found += fmt.Sprintf(", one of the %d trees of transaction %s", len(j.Group.Trees), j.Group.ID)
 			classifyGroup(n, r, j)
 		}
@@ -93,7 +93,7 @@ func classify(n layout.Names) (*Report, error) {
 	}
 	if len(present[layout.KindGroup]) > 0 {
 		// The marker of a transaction over several trees, with no journal
-		// here: this tree is final. Row 19 while the group's record still
+		// here: this tree is final. Row 30 while the group's record still
 		// has its journal (recovering the record recovers this tree's
 		// group); else garbage (row 3).
 		g, owner, err := layout.ReadMarker(n)
@@ -102,7 +102,7 @@ func classify(n layout.Names) (*Report, error) {
 			unfinished, err = g.Unfinished(owner)
 		}
 		if err == nil && unfinished {
-			r.State, r.Row = StateNeedsRecovery, "19"
+			r.State, r.Row = StateNeedsRecovery, "30"
 			r.Group = &GroupReport{ID: g.ID, Trees: g.Trees}
 			r.Found = fmt.Sprintf("one of the %d trees of transaction %s, which is not over", len(g.Trees), g.ID)
 			r.Action = "recover the transaction from its record, " + g.Record()

@@ -29,14 +29,14 @@ type GroupReport struct {
 // classifyGroup completes the classification of n, whose journal j belongs
 // to a group: it reads the group's record (the first tree's journal) and
 // says what it decides. A journal in phase running of a group whose record
-// says commit is row 18: recovery commits that tree too. Row 20: the
+// says commit is row 29: recovery commits that tree too. Row 31: the
 // record is missing (or is another transaction's) while this journal has
 // not reached its own decision: nothing says whether the group committed.
 func classifyGroup(n layout.Names, r *Report, j *layout.Journal) {
 	g := j.Group
 	r.Group = &GroupReport{ID: g.ID, Trees: g.Trees}
-	if !slices.Contains(g.Trees, n.Dir) { // row 20
-		r.State, r.Row = StateNeedsPerson, "20"
+	if !slices.Contains(g.Trees, n.Dir) { // row 31
+		r.State, r.Row = StateNeedsPerson, "31"
 		r.Found = fmt.Sprintf("its journal names a group of trees (%v) that %s is not one of; nothing done", g.Trees, n.Dir)
 		r.Action = ""
 		return
@@ -71,12 +71,12 @@ func classifyGroup(n layout.Names, r *Report, j *layout.Journal) {
 			r.Group.Decision = decided(j.Phase)
 			return
 		}
-		r.State, r.Row, r.Action = StateNeedsPerson, "20", ""
+		r.State, r.Row, r.Action = StateNeedsPerson, "31", ""
 		r.Found = fmt.Sprintf("%s, in phase %s, belongs to transaction %s over %v, but the journal of %s, which records whether it committed, cannot be read (%v); nothing done: inspect the names %s* beside each tree", n.Path(n.Journal), j.Phase, g.ID, g.Trees, g.Record(), err, layout.Prefix)
 		return
 	}
-	if r.Group.Decision == "commit" && j.Phase == layout.PhaseRunning && r.Row == "8" { // row 18
-		r.Row = "18"
+	if r.Group.Decision == "commit" && j.Phase == layout.PhaseRunning && r.Row == "8" { // row 29
+		r.Row = "29"
 		r.Action = "finish the commit (the group's record, " + g.Record() + ", says commit)"
 	}
 }
@@ -111,7 +111,7 @@ func recoverGroup(n layout.Names, r *Report, opts Options, verb string) (*Report
 		}
 		held = append(held, lk)
 	}
-	// Row 19 (and 18): every other tree by its own row, as the record
+	// Row 30 (and 29): every other tree by its own row, as the record
 	// decides; the record's last.
 	order := append(slices.Clone(g.Trees[1:]), g.Trees[0])
 	var errs []error

@@ -86,7 +86,7 @@ func journalSteps(n layout.Names, j *layout.Journal, row, shadowAt string) []Ste
 		return append([]Step{c4}, end...)
 	case "7", "15": // C5..C8
 		return end
-	case "18": // C3, C4, C5..C8
+	case "29": // C3, C4, C5..C8
 		c3 := step("C3", "write the journal with phase commit, as the group's record says", n.Path(n.Journal))
 		c4 := step("C4", "rename the shadow to "+n.Removing(j.ID)+" (delete it in place if the rename fails); fsync the parent", n.Path(shadowAt))
 		return append([]Step{c3, c4}, end...)

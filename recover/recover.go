@@ -293,7 +293,7 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	if !exists(n.Path(n.Journal)) {
 		// One of the trees of a transaction over several, final, whose
 		// marker leads to the record: recovering the record recovers the
-		// group, this tree included (row 19).
+		// group, this tree included (row 30).
 		if g, owner, err := layout.ReadMarker(n); err == nil && g.Record() != n.Dir {
 			if unfinished, err := g.Unfinished(owner); err == nil && unfinished {
 				return recoverDir(g.Record(), opts, gc)

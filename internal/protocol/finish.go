@@ -412,7 +412,7 @@ func Finish(n layout.Names, j *layout.Journal, fs fsys.FS, progress Progress) (*
 }
 
 // FinishCommitted is Finish for a tree of a group whose record says commit
-// (row 18): a journal still in phase running is first made to say commit
+// (row 29): a journal still in phase running is first made to say commit
 // (C3, durably), then the commit is finished; any other phase is finished
 // as Finish does. Called on every other tree of the group before the
 // record's own.
@@ -434,7 +434,7 @@ func finishAs(n layout.Names, j *layout.Journal, commitRunning bool, fs fsys.FS,
 	var res *Result
 	err = creds.Do(as, func() (err error) {
 		if commitRunning && j.Phase == layout.PhaseRunning {
-			// Row 18: the group committed; this tree's journal says so
+			// Row 29: the group committed; this tree's journal says so
 			// before its shadow goes.
 			if err := tx.setPhase("C3", layout.PhaseCommit); err != nil {
 				return fmt.Errorf("commit: %w", err)
