@@ -83,6 +83,11 @@ func (n Names) Converting() string { return Prefix + n.Base + ".converting" }
 // snapshot.Options.Copy).
 func NestedCopies() []string { return []string{Prefix + "*.lock", Prefix + "*.gate"} }
 
+// NestedGarbage are the names of the trees that a transaction on another
+// tree named for removal, met inside a tree: its shadow leaves them out
+// (their deletion runs without a lock, and may be under way).
+func NestedGarbage() []string { return []string{Prefix + "*.removing.*"} }
+
 // NestedUnfinished are the names an unfinished transaction on another tree
 // leaves beside it: met inside a tree, they keep a transaction on that tree
 // from beginning (its rollback would put back what a recovery of the tree

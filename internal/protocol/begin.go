@@ -275,7 +275,9 @@ func newTx(n layout.Names, lk *lock.Lock, fs fsys.FS, log *slog.Logger) *Tx {
 // build fills the shadow and writes the manifest.
 func (tx *Tx) build(ctx context.Context, opts Options) error {
 	n := tx.n
-	exclude, err := snapshot.NewMatcher(append(snapshot.DefaultExcludes(), opts.Exclude...)...)
+	// The trees a transaction inside named for removal are garbage that
+	// its detached cleaner deletes, without a lock: left out, not reported.
+	exclude, err := snapshot.NewMatcher(append(append(snapshot.DefaultExcludes(), layout.NestedGarbage()...), opts.Exclude...)...)
 	if err != nil {
 		return fmt.Errorf("--exclude: %w", err)
 	}
@@ -332,7 +334,12 @@ func (tx *Tx) build(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	tx.leftOut, tx.linked = stats.Excluded, stats.Links
+	tx.linked = stats.Links
+	for _, rel := range stats.Excluded {
+		if _, k, _ := layout.ParseName(filepath.Base(rel)); k != layout.KindRemoving {
+			tx.leftOut = append(tx.leftOut, rel)
+		}
+	}
 	if err := mw.Close(); err != nil {
 		return fmt.Errorf("write manifest %s: %w", n.Path(n.Meta), err)
 	}
