@@ -16,7 +16,7 @@ import (
 // dropIn installs scripts/cvs-atomic as "cvs" in a new directory and
 // returns the environment that puts it first in PATH, the treetx binary
 // next, then the test's PATH (the real cvs).
-func dropIn(t *testing.T, home string, extra ...string) []string {
+func dropIn(t testing.TB, home string, extra ...string) []string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "bin")
 	if err := os.Mkdir(bin, 0o755); err != nil {

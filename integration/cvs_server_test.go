@@ -20,7 +20,7 @@ import (
 )
 
 // cvsScript is the path of a script in scripts/, which must be executable.
-func cvsScript(t *testing.T, name string) string {
+func cvsScript(t testing.TB, name string) string {
 	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
