@@ -274,6 +274,9 @@ type compatStep struct {
 	wc string // the deepest directory holding what the command names
 	// partial: without treetx, the failure leaves a change behind.
 	partial bool
+	// says: what the plain cvs's output holds ("$W" standing for the
+	// base): the command does what the step is for.
+	says []string
 }
 
 // appendFiles appends text to files under the base.
@@ -304,7 +307,8 @@ func compatSteps() []compatStep {
 		// Two roots in one working copy.
 		{name: "checkout from the second root inside m1", dir: m1, args: []string{"-d", r2, "checkout", "-d", "ext", "lib"}},
 		{name: "commit to both roots", dir: m1, args: []string{"commit", "-m", "both roots"}, tx: true, wc: m1,
-			prep: appendFiles("/* both roots */\n", "work/m1/d1/f1.c", "work/m1/ext/d1/f2.c")},
+			prep: appendFiles("/* both roots */\n", "work/m1/d1/f1.c", "work/m1/ext/d1/f2.c"),
+			says: []string{r1 + "/m1/d1/f1.c,v  <--  d1/f1.c", r2 + "/lib/d1/f2.c,v  <--  ext/d1/f2.c"}},
 		{name: "status across both roots", dir: m1, args: []string{"status", "d1/f1.c", "ext/d1/f2.c"}},
 
 		// tag, rtag, and their errors.
@@ -383,7 +387,8 @@ func compatSteps() []compatStep {
 		// A vendor import that conflicts with the trunk (run with
 		// $CVSROOT, as a user would: cvs echoes its -d in its advice).
 		{name: "import with conflicts", dir: "src/m1", args: []string{"import", "-m", "vendor 2", "m1", "vendor", "start2"}, env: []string{"CVSROOT=" + r1}, tx: true,
-			prep: appendFiles("/* vendor 2 */\n", "src/m1/d1/f1.c", "src/m1/d1/f4.c")},
+			prep: appendFiles("/* vendor 2 */\n", "src/m1/d1/f1.c", "src/m1/d1/f4.c"),
+			says: []string{"conflicts created by this import", "\tcvs checkout -j<prev_rel_tag> -jstart2 m1\n"}},
 		{name: "import with too few arguments", dir: "src/m1", args: []string{"import", "-m", "x", "m1"}, env: []string{"CVSROOT=" + r1}, code: 1, tx: true},
 		{name: "rdiff of the vendor branch", dir: m1, args: []string{"rdiff", "-s", "-r", "start", "-r", "start2", "m1"}},
 
@@ -408,7 +413,8 @@ func compatSteps() []compatStep {
 			}},
 		{name: "checkout from the second root", dir: "co", args: []string{"-d", r2, "checkout", "-d", "b", "lib"}},
 		{name: "commit at the top of both", dir: "co", args: []string{"commit", "-m", "from co"}, env: []string{"CVSROOT=" + r1}, tx: true, wc: "co",
-			prep: appendFiles("/* from co */\n", "co/a/d2/f1.c", "co/b/d2/f1.c")},
+			prep: appendFiles("/* from co */\n", "co/a/d2/f1.c", "co/b/d2/f1.c"),
+			says: []string{r1 + "/m2/d2/f1.c,v  <--  a/d2/f1.c", r2 + "/lib/d2/f1.c,v  <--  b/d2/f1.c"}},
 		{name: "update at the top of both", dir: "co", args: []string{"-q", "update"}, env: []string{"CVSROOT=" + r1}},
 
 		// release, which asks, and runs "cvs -n -q update" itself.
@@ -492,6 +498,11 @@ func TestCVSDropInCompatible(t *testing.T) {
 		t.Logf("%v %s: exit %d plain, %d wrapped", time.Since(start).Round(time.Millisecond), what, p.code, w.code)
 		if p.code != s.code {
 			t.Errorf("%s: the plain cvs exited %d, want %d\nstdout:\n%s\nstderr:\n%s", what, p.code, s.code, p.stdout, p.stderr)
+		}
+		for _, want := range s.says {
+			if !strings.Contains(natural(plain.base, p.stdout+p.stderr), want) {
+				t.Errorf("%s: the plain cvs's output does not hold %q:\n%s%s", what, want, p.stdout, p.stderr)
+			}
 		}
 		if w.code != p.code {
 			t.Errorf("%s: exit %d through the drop-in, %d without", what, w.code, p.code)
