@@ -294,5 +294,30 @@ func TestCVSDropIn(t *testing.T) {
 		}
 		noLeftovers(t, r.parent, "tree")
 		r.check(t, r.files)
+
+		// A reader who may not write the repository's parent: under the
+		// shared lock if the lock files are there, else without it.
+		if err := os.Chown(r.parent, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		for _, lockFiles := range []bool{true, false} {
+			if !lockFiles {
+				for _, n := range []string{lockName("tree"), ".#treetx.tree.gate"} {
+					if err := os.Remove(filepath.Join(r.parent, n)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			cmd := exec.Command(cvsScript(t, "cvs-atomic"), "-q", "update")
+			cmd.Dir = filepath.Join(r.work, "m2")
+			cmd.Env = withTreetxInPath(cvsEnviron(r.base))
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+			if out, err := cmd.CombinedOutput(); err != nil || len(out) != 0 {
+				t.Errorf("cvs -q update by nobody, lock files there %v: %v\n%s", lockFiles, err, out)
+			}
+		}
+		if exists(filepath.Join(r.parent, lockName("tree"))) {
+			t.Errorf("a lock file was made where nobody may not write")
+		}
 	})
 }
