@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,7 +35,9 @@ func dropIn(t testing.TB, home string, extra ...string) []string {
 // dir, and returns its combined output and exit status.
 func runDropIn(t *testing.T, dir string, env []string, args ...string) (string, int) {
 	t.Helper()
-	cmd := exec.Command("cvs", args...)
+	ctx, cancel := context.WithTimeout(context.Background(), cvsTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "cvs", args...)
 	for _, kv := range env {
 		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
 			// exec.Command looks cvs up in the test's PATH: use env's.
@@ -47,6 +51,9 @@ func runDropIn(t *testing.T, dir string, env []string, args ...string) (string, 
 	}
 	cmd.Dir, cmd.Env = dir, env
 	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("cvs %q through the drop-in ran %v and was killed: it hangs\n%s", args, cvsTimeout, out)
+	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		return string(out), ee.ExitCode()
 	} else if err != nil {
@@ -241,6 +248,26 @@ func TestCVSDropIn(t *testing.T) {
 		noLeftovers(t, r.work, "m1")
 		r.check(t, r.files)
 		treeimage.AssertEqual(t, "the other before", beforeOther, "after", capture(t, other.root))
+	})
+
+	t.Run("a loginfo script's cvs joins the commit", func(t *testing.T) {
+		t.Parallel()
+		r := newCVSRepo(t, cvsSmall)
+		// Through the drop-in too (the hook inherits cvs's PATH); -n: no
+		// cvs locks, which the commit holds.
+		rlog := filepath.Join(r.base, "rlog.out")
+		r.editAdmin(t, "loginfo", fmt.Sprintf("ALL cvs -n -Q -d %s rlog -h m1/d1/f1.c >%s 2>&1\n", r.root, rlog))
+		r.appendTo(t, "/* logged */\n", "m1/d1/f1.c")
+		if out, code := runDropIn(t, filepath.Join(r.work, "m1"), dropIn(t, r.base), "-Q", "commit", "-m", "logged"); code != 0 {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+		b, err := os.ReadFile(rlog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		contains(t, "the loginfo script's cvs rlog", string(b), "RCS file: "+r.root+"/m1/d1/f1.c,v")
+		noLeftovers(t, r.parent, "tree")
+		r.check(t, r.files)
 	})
 
 	t.Run("no repository needed", func(t *testing.T) {
