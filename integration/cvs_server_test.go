@@ -8,8 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +20,7 @@ import (
 )
 
 // cvsScript is the path of a script in scripts/, which must be executable.
-func cvsScript(t *testing.T, name string) string {
+func cvsScript(t testing.TB, name string) string {
 	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
@@ -110,7 +112,8 @@ func TestCVSServerWrapper(t *testing.T) {
 		}{
 			{[]string{"TREETX_CVS_CONF=" + filepath.Join(r.base, "none")}, "cvs-server-atomic: no repository: set TREETX_CVSROOT"},
 			{[]string{"TREETX_CVSROOT=tree"}, "must be an absolute path"},
-			{[]string{"TREETX_CVSROOT=" + r.base}, "is not a CVS repository"},
+			// Not a repository (yet): no transaction; cvs refuses the root.
+			{[]string{"TREETX_CVSROOT=" + r.base}, "Bad root " + r.root},
 		} {
 			r.appendTo(t, "/* not committed */\n", "m1/d1/f1.c")
 			out, code := r.forkClient(t, r.root, server, tt.env, "-Q", "commit", "-m", "x", "m1").run(t)
@@ -200,15 +203,19 @@ func TestCVSServerWrapper(t *testing.T) {
 
 	// Killing the client in the middle of a large commit: without the
 	// wrapper, the server, cut off, stops where it is; with it, the
-	// session is rolled back.
-	for _, wrapped := range []bool{false, true} {
-		name := "client killed mid-commit, without treetx"
-		if wrapped {
-			name = "client killed mid-commit"
-		}
-		t.Run(name, func(t *testing.T) {
+	// session is rolled back. With several repositories, the wrapper reads
+	// the client's Root request first, and hands it to cvs through cat.
+	for _, tt := range []struct {
+		name             string
+		wrapped, several bool
+	}{
+		{"client killed mid-commit, without treetx", false, false},
+		{"client killed mid-commit", true, false},
+		{"client killed mid-commit, two repositories", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if testing.Short() && !wrapped {
+			if testing.Short() && !tt.wrapped {
 				t.Skip("a demonstration (-short)")
 			}
 			r := newCVSRepo(t, cvsLarge)
@@ -217,23 +224,34 @@ func TestCVSServerWrapper(t *testing.T) {
 				r.appendTo(t, "/* large commit */\n", p)
 			}
 			before := capture(t, r.root)
-			srv := "cvs"
-			if wrapped {
+			srv, conf := "cvs", []string{"TREETX_CVSROOT=" + r.root}
+			if tt.wrapped {
 				srv = server
 			}
+			if tt.several {
+				second := newCVSRepo(t, cvsSmall)
+				writeFiles(t, r.base, map[string]string{"cvsroot": second.root + "\n" + r.root + "\n"})
+				conf = []string{"TREETX_CVS_CONF=" + filepath.Join(r.base, "cvsroot")}
+				t.Cleanup(func() {
+					if exists(filepath.Join(second.parent, lockName("tree"))) {
+						t.Errorf("a session on one repository was a transaction on the other too")
+					}
+				})
+			}
 			w := watchRewrites(t, r.root)
-			c := r.forkClient(t, r.root, srv, []string{"TREETX_CVSROOT=" + r.root}, "-Q", "commit", "-m", "large commit", "big")
+			c := r.forkClient(t, r.root, srv, conf, "-Q", "commit", "-m", "large commit", "big")
 			client := c.cmd
 			if err := client.Start(); err != nil {
 				t.Fatal(err)
 			}
 			w.await(t, 100, func() bool { return processGone(client.Process.Pid) })
 			// The server: the client's child, which runs cvs, or the
-			// wrapper, which becomes treetx (exec).
+			// wrapper, which becomes treetx (exec), or waits for cat and
+			// treetx.
 			server := watchExits(t, children(t, client.Process.Pid))
 			client.Process.Kill()
 			client.Wait()
-			if !wrapped {
+			if !tt.wrapped {
 				server.wait(t, "the server", time.Minute)
 				t.Logf("client killed without treetx: %s", countHeads(t, r, slices.Collect(maps.Keys(want))))
 				return
@@ -243,7 +261,9 @@ func TestCVSServerWrapper(t *testing.T) {
 			// reports after it unlocks).
 			awaitTransaction(t, r.root)
 			server.wait(t, "treetx (the server)", time.Minute)
-			contains(t, "the client's stderr, which the server shares", c.output(t), "treetx: command exited with status 1: rolled back")
+			if out := c.output(t); strings.Contains(out, "treetx") {
+				t.Errorf("treetx spoke of an ordinary rollback on the client's stderr, which the server shares:\n%s", out)
+			}
 			treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
 			noLeftovers(t, r.parent, "tree")
 			r.check(t, want)
@@ -385,9 +405,9 @@ func TestCVSPserverWrapper(t *testing.T) {
 			sessionsDone(time.Minute)
 			b, _ := os.ReadFile(serverErr)
 			if tt.kill {
-				contains(t, "the server's stderr", string(b), "rolled back")
 				treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
-			} else if strings.Contains(string(b), "treetx") {
+			}
+			if strings.Contains(string(b), "treetx") {
 				// (cvs pserver reads CVSROOT/config twice, and warns
 				// that each setting is a duplicate of itself.)
 				t.Errorf("the server's stderr:\n%s", b)
@@ -414,3 +434,200 @@ done
 shift
 exec sh -c "$*"
 `
+
+// TestCVSServerWrapperRepositories: one cvs-server-atomic serves several
+// repositories (one a line in its configuration file); each session is a
+// transaction on the repository its client names, and on no other; a
+// repository listed but not made yet is made by cvs init, without a
+// transaction.
+func TestCVSServerWrapperRepositories(t *testing.T) {
+	t.Parallel()
+	testenv.Require(t, testenv.CVS)
+	server := cvsScript(t, "cvs-server-atomic")
+	r := newCVSRepo(t, cvsSmall)
+	other := r.copy(t)
+	fresh := filepath.Join(r.base, "fresh", "cvsroot")
+	if err := os.Mkdir(filepath.Dir(fresh), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(r.base, "cvsroot")
+	writeFiles(t, r.base, map[string]string{"cvsroot": "# served here\n" + r.root + "\n  " + other.root + "/\n\n" + fresh + "\n"})
+	env := []string{"TREETX_CVS_CONF=" + conf}
+	locked := func(root string) bool {
+		return exists(filepath.Join(filepath.Dir(root), lockName(filepath.Base(root))))
+	}
+
+	r.appendTo(t, "/* to r */\n", "m1/d1/f1.c")
+	if out, code := r.forkClient(t, r.root, server, env, "-Q", "commit", "-m", "to r", "m1").run(t); code != 0 {
+		t.Fatalf("commit to r: exit %d\n%s", code, out)
+	}
+	awaitTransaction(t, r.root)
+	if !locked(r.root) || locked(other.root) {
+		t.Errorf("a commit to r: a transaction on r %v, on the other %v; want on r alone", locked(r.root), locked(other.root))
+	}
+	r.check(t, r.files)
+
+	other.appendTo(t, "/* to the other */\n", "m2/d2/f2.c")
+	if out, code := other.forkClient(t, other.root, server, env, "-Q", "commit", "-m", "to the other", "m2").run(t); code != 0 {
+		t.Fatalf("commit to the other: exit %d\n%s", code, out)
+	}
+	awaitTransaction(t, other.root)
+	if !locked(other.root) {
+		t.Errorf("the commit to the other was no transaction on it")
+	}
+	other.check(t, other.files)
+
+	// A root not served: cvs refuses it, and nothing changes.
+	before, beforeOther := capture(t, r.root), capture(t, other.root)
+	third := filepath.Join(r.base, "third")
+	out, code := r.forkClient(t, third, server, env, "-Q", "update").run(t)
+	if code == 0 {
+		t.Errorf("a client naming %s exited 0:\n%s", third, out)
+	}
+	contains(t, "the client's output", out, "Bad root "+third)
+	awaitTransaction(t, r.root)
+	awaitTransaction(t, other.root)
+	treeimage.AssertEqual(t, "r before", before, "after", capture(t, r.root))
+	treeimage.AssertEqual(t, "the other before", beforeOther, "after", capture(t, other.root))
+
+	// cvs init of the one not made yet, then an import into it.
+	if out, code := r.forkClient(t, fresh, server, env, "init").run(t); code != 0 {
+		t.Fatalf("cvs init through the wrapper: exit %d\n%s", code, out)
+	}
+	if !exists(filepath.Join(fresh, "CVSROOT", "config")) || locked(fresh) {
+		t.Errorf("cvs init: made %v, in a transaction %v; want made, no transaction", exists(filepath.Join(fresh, "CVSROOT")), locked(fresh))
+	}
+	src := filepath.Join(r.base, "src")
+	writeFiles(t, src, map[string]string{"a.c": "a\n"})
+	imp := exec.Command("cvs", "-Q", "-d", ":fork:"+fresh, "import", "-m", "first", "mod", "vendor", "start")
+	imp.Dir, imp.Env = src, append(withTreetxInPath(cvsEnviron(r.base, "CVS_SERVER="+server)), env...)
+	if b, err := imp.CombinedOutput(); err != nil {
+		t.Fatalf("import into the new repository: %v\n%s", err, b)
+	}
+	awaitTransaction(t, fresh)
+	if !locked(fresh) {
+		t.Errorf("the import into the new repository was no transaction on it")
+	}
+	if !exists(filepath.Join(fresh, "mod", "a.c,v")) {
+		t.Errorf("nothing imported")
+	}
+
+	// One repository, not made yet: cvs init is no transaction either.
+	alone := filepath.Join(r.base, "alone")
+	if out, code := r.forkClient(t, alone, server, []string{"TREETX_CVSROOT=" + alone}, "init").run(t); code != 0 || !exists(filepath.Join(alone, "CVSROOT")) || locked(alone) {
+		t.Errorf("cvs init of the only repository: exit %d, made %v, transaction %v\n%s", code, exists(filepath.Join(alone, "CVSROOT")), locked(alone), out)
+	}
+}
+
+// TestCVSPserverWrapperRepositories: "cvs-server-atomic --allow-root=R1
+// --allow-root=R2 pserver" from inetd, with no configuration file: cvs
+// login needs no transaction, a commit is a transaction on the repository
+// the client names alone; and when cvs dies in the middle of a session
+// (killed while its client waits), the session is rolled back and the
+// connection closes.
+func TestCVSPserverWrapperRepositories(t *testing.T) {
+	t.Parallel()
+	testenv.Require(t, testenv.CVS)
+	testenv.Require(t, testenv.Root)
+	server := cvsScript(t, "cvs-server-atomic")
+	r := newCVSRepo(t, cvsLarge)
+	other := newCVSRepo(t, cvsSmall)
+	for _, x := range []*cvsRepo{r, other} {
+		writeFiles(t, x.root, map[string]string{"CVSROOT/passwd": "anon::nobody\n"})
+		x.forNobody(t)
+	}
+	port, serverErr, sessionsDone := inetd(t, withTreetxInPath([]string{"TREETX_CVS_CONF=" + filepath.Join(r.base, "none")}),
+		server, "cvs-server-atomic", "--allow-root="+r.root, "--allow-root="+other.root, "pserver")
+	cvsroot := func(root string) string { return fmt.Sprintf(":pserver:anon@127.0.0.1:%d%s", port, root) }
+	env := cvsEnviron(r.base, "CVS_PASSFILE="+filepath.Join(r.base, "cvspass"))
+	locked := func(x *cvsRepo) bool { return exists(filepath.Join(x.parent, lockName("tree"))) }
+	client := func(dir string, args ...string) *exec.Cmd {
+		c := exec.Command("cvs", args...)
+		c.Dir, c.Env = dir, env
+		return c
+	}
+
+	// cvs login (the empty password) writes the password file.
+	if b, err := client(r.base, "-d", cvsroot(other.root), "login").CombinedOutput(); err != nil {
+		t.Fatalf("cvs login: %v\n%s", err, b)
+	}
+	if b, err := client(r.base, "-d", cvsroot(r.root), "login").CombinedOutput(); err != nil {
+		t.Fatalf("cvs login: %v\n%s", err, b)
+	}
+	sessionsDone(time.Minute)
+	if locked(r) || locked(other) {
+		t.Errorf("cvs login went through treetx")
+	}
+
+	r.appendTo(t, "/* through pserver */\n", "big/a/f1.c")
+	if b, err := client(r.work, "-Q", "-d", cvsroot(r.root), "commit", "-m", "through pserver", "big/a").CombinedOutput(); err != nil {
+		t.Fatalf("commit: %v\n%s", err, b)
+	}
+	sessionsDone(time.Minute)
+	if !locked(r) || locked(other) {
+		t.Errorf("a commit to r: a transaction on r %v, on the other %v; want on r alone", locked(r), locked(other))
+	}
+	r.check(t, r.files)
+
+	// cvs killed while the client waits for its answer.
+	want := maps.Clone(r.files)
+	for p := range r.files {
+		r.appendTo(t, "/* large commit */\n", p)
+	}
+	before := capture(t, r.root)
+	w := watchRewrites(t, r.root)
+	c := client(r.work, "-Q", "-d", cvsroot(r.root), "commit", "-m", "large commit", "big")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.await(t, 100, func() bool { return processGone(c.Process.Pid) })
+	pid := pserverProcess(t, r.root)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- c.Wait() }()
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Errorf("the client exited 0 after its server was killed")
+		}
+	case <-time.After(time.Minute):
+		c.Process.Kill()
+		t.Errorf("the client still waits a minute after its server was killed: the connection stays open")
+	}
+	awaitTransaction(t, r.root)
+	sessionsDone(time.Minute)
+	treeimage.AssertEqual(t, "before", before, "after", capture(t, r.root))
+	noLeftovers(t, r.parent, "tree")
+	r.check(t, want)
+	if b, _ := os.ReadFile(serverErr); strings.Contains(string(b), "treetx") {
+		t.Errorf("the server's stderr:\n%s", b)
+	}
+}
+
+// pserverProcess finds the cvs pserver process serving root (its command
+// line names it in --allow-root), a descendant of this test's inetd.
+func pserverProcess(t *testing.T, root string) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) > 1 && filepath.Base(args[0]) == "cvs" && slices.Contains(args, "--allow-root="+root) && slices.Contains(args, "pserver") {
+			return pid
+		}
+	}
+	t.Fatalf("no cvs pserver process for %s", root)
+	return 0
+}
