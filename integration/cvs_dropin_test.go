@@ -63,22 +63,28 @@ func runDropIn(t *testing.T, dir string, env []string, args ...string) (string, 
 }
 
 // fakeTreetx stands in for treetx in TestCVSDropInDecides: it records
-// "run DIR" or "lock DIR" (lock-shared when shared), "noisy" if -q is
-// missing, then runs its command.
+// "run DIR" or "lock DIR" (lock-shared when shared) for each DIR it is
+// given, in the order of their paths, "noisy" if -q is missing, then runs
+// its command.
 const fakeTreetx = `#!/bin/sh
 what=$1
 shift
-quiet=noisy dir=
+quiet=noisy dirs=
 while [ "$1" != -- ]; do
 	case $1 in
 	-q) quiet= ;;
 	--shared) what=lock-shared ;;
+	--copy) shift ;;
+	-*) ;;
+	*) dirs="$dirs$1
+" ;;
 	esac
-	dir=$1
 	shift
 done
 shift
-echo "$what $dir$quiet" >> "$LOG"
+printf '%s' "$dirs" | sort | while IFS= read -r dir; do
+	echo "$what $dir$quiet" >> "$LOG"
+done
 exec "$@"
 `
 
