@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -57,14 +58,19 @@ func init() {
 }
 
 // transactGroup runs one transaction over dirs through fs, changing each
-// tree as mutate does, and commits ("commit") or rolls back.
+// tree as mutate does (as mutateAsOwner does, run by another user than
+// root), and commits ("commit") or rolls back.
 func transactGroup(dirs []string, path string, fs *fsystest.FS) error {
 	g, err := txn.BeginGroup(context.Background(), dirs, txn.Options{FS: fs})
 	if err != nil {
 		return err
 	}
 	for _, d := range dirs {
-		if err := mutate(d, "commit"); err != nil {
+		change := func(d string) error { return mutate(d, "commit") }
+		if os.Getuid() != 0 {
+			change = mutateAsOwner
+		}
+		if err := change(d); err != nil {
 			_, rbErr := g.Rollback()
 			return errors.Join(err, rbErr)
 		}
@@ -749,6 +755,170 @@ func TestScriptGroupJournal(t *testing.T) {
 			}
 			if msg := groupFinal(t, dirs, tc.want, tc.opts); msg != "" {
 				t.Errorf("after Go finished: %s", msg)
+			}
+		})
+	}
+}
+
+// mutateAsOwner changes a sample tree as mutate does, but what only root
+// may (a chown to another user).
+func mutateAsOwner(dir string) error {
+	p := func(rel string) string { return filepath.Join(dir, rel) }
+	for i, step := range []func() error{
+		func() error { return os.WriteFile(p("mod/d1/,f1.c,"), []byte("new revision\n"), 0o444) },
+		func() error { return os.Chtimes(p("mod/d1/,f1.c,"), fixedTime, fixedTime) },
+		func() error { return os.Rename(p("mod/d1/,f1.c,"), p("mod/d1/f1.c,v")) },
+		func() error { return os.Remove(p("a/b/notes.txt")) },
+		func() error { return os.Chmod(p("a/run.sh"), 0o700) },
+		func() error { return appendFile(p("CVSROOT/history"), "A67a1b2c4|sample|~/mod|mod/d1|1.2|f1.c\n") },
+		func() error { return os.Chtimes(p("CVSROOT/history"), fixedTime, fixedTime) },
+	} {
+		if err := step(); err != nil {
+			return fmt.Errorf("mutate step %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// TestScriptGroupAsOwner: a transaction over two trees of uid 65534,
+// crashed, is recovered by root as that user (rule T3): by Go with that
+// user's identity, by the script under setpriv (--group-tree). Both must
+// agree, every tree must end old, or every tree new once the record said
+// commit; and the journal the script writes in row 29 (C3) belongs to
+// that user.
+func TestScriptGroupAsOwner(t *testing.T) {
+	h := newHarness(t)
+	if os.Getuid() != 0 {
+		t.Skip("needs root: the transaction runs as uid 65534, recovered by root")
+	}
+	// The test binary, where uid 65534 may run it.
+	binDir := scratch(t, false)
+	groupMust(t, os.Chmod(binDir, 0o755))
+	bin := filepath.Join(binDir, "recover.test")
+	b, err := os.ReadFile(os.Args[0])
+	groupMust(t, err)
+	groupMust(t, os.WriteFile(bin, b, 0o755))
+	// A group of two trees of uid 65534, each in a parent of its own
+	// that the user may write.
+	ownGroup := func() []string {
+		dirs := newGroup(t, "apart")
+		groupMust(t, os.Chmod(groupRoot(dirs), 0o755))
+		for _, d := range dirs {
+			groupMust(t, filepath.Walk(filepath.Dir(d), func(p string, _ os.FileInfo, err error) error {
+				if err == nil {
+					err = os.Lchown(p, hostileUID, hostileUID)
+				}
+				return err
+			}))
+		}
+		return dirs
+	}
+	run := func(dirs []string, path string, after int) {
+		cmd := exec.Command(bin, "-test.run=^$")
+		cmd.Env = append(os.Environ(), envGroup+"="+strings.Join(dirs, ":"), envPath+"="+path, envAfter+"="+strconv.Itoa(after))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: hostileUID, Gid: hostileUID}}
+		if out, err := cmd.CombinedOutput(); !killedBy(err) {
+			t.Fatalf("group victim as uid %d (crash after step %d): not killed: %v\n%s", hostileUID, after, err, out)
+		}
+	}
+	old := treeimage.MustCapture(t, ownGroup()[0], treeimage.Options{})
+	plans := map[string][]fsystest.Op{}
+	planDirs := map[string][]string{}
+	for _, path := range []string{"commit", "rollback"} {
+		plans[path], _, planDirs[path] = groupPlan(t, "apart", path)
+	}
+	// The steps of root's runs: the user's take the same (checked by the
+	// state each leaves).
+	for _, tc := range []struct {
+		name, path string
+		at         func(ops []fsystest.Op, dirs []string) int
+		which      int
+		committed  bool
+		state      string // the state the crash must leave
+	}{
+		{"both running, rolled back", "rollback", bothRunning, 1, false, "tree 0 running: complete(shadow) group journal meta; tree 1 running: complete(shadow) group journal meta"},
+		{"row 29", "commit", recordSaysCommit, 1, true, "tree 0 commit: complete(shadow) group journal meta; tree 1 running: complete(shadow) group journal meta"},
+		{"both in commit, from the record", "commit", otherCommitted, 0, true, "tree 0 commit: complete(shadow) group journal meta; tree 1 commit: complete(shadow) group journal meta"},
+		{"a final tree", "commit", otherFinal, 1, true, "tree 0 commit: complete(shadow) group journal meta; tree 1 no journal: group meta removing.ID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := tc.at(plans[tc.path], planDirs[tc.path])
+			dirsGo, dirsSh := ownGroup(), ownGroup()
+			run(dirsGo, tc.path, n)
+			run(dirsSh, tc.path, n)
+			state := groupState(t, dirsGo)
+			if b := groupState(t, dirsSh); b != state || state != tc.state {
+				t.Fatalf("the runs left the states:\n%s\n%s\nwant:\n%s", state, b, tc.state)
+			}
+			opts := treeimage.Options{}
+			if tc.committed {
+				opts.IgnoreDirMtime = true
+			}
+			g := goRecover(dirsGo[tc.which], false)
+			s := h.run(t, scriptOpts{}, dirsSh[tc.which])
+			t.Logf("%s: Go: exit %d: %s", state, g.code, g.line)
+			bad := groupCompare(t, dirsGo, dirsSh, g, s, opts)
+			for _, d := range dirsGo {
+				if g := goRecover(d, false); g.code != 0 {
+					bad = append(bad, "Go, recovering every tree: "+g.out)
+				}
+			}
+			if s := h.run(t, scriptOpts{}, dirsSh...); s.code != 0 {
+				bad = append(bad, "the script, recovering every tree: "+s.out)
+			}
+			// Every tree of both copies as the Go copy's first: the old
+			// one, or a new one (without a/b/notes.txt).
+			want := old
+			if tc.committed {
+				want = treeimage.MustCapture(t, dirsGo[0], opts)
+				if _, err := os.Lstat(filepath.Join(dirsGo[0], "a/b/notes.txt")); err == nil {
+					bad = append(bad, "committed, but a/b/notes.txt is still there")
+				}
+			}
+			for _, dirs := range [][]string{dirsGo, dirsSh} {
+				if msg := groupFinal(t, dirs, want, opts); msg != "" {
+					bad = append(bad, msg)
+				}
+			}
+			if tc.name == "row 29" {
+				// The script killed right after its first mv: C3 on
+				// tree 1, as its owner (whose steps the wrappers count
+				// too, where that user may run them).
+				groupMust(t, os.Chmod(h.bin, 0o755))
+				groupMust(t, os.Chmod(filepath.Dir(h.bin), 0o755))
+				counter := func() string {
+					d := scratch(t, false)
+					groupMust(t, os.Chmod(d, 0o777))
+					f := filepath.Join(d, "steps")
+					groupMust(t, os.WriteFile(f, nil, 0o666))
+					groupMust(t, os.Chmod(f, 0o666))
+					return f
+				}
+				probe, c := ownGroup(), counter()
+				run(probe, tc.path, n)
+				h.run(t, scriptOpts{counter: c}, probe[1])
+				data, _ := os.ReadFile(c)
+				k := slices.Index(strings.Fields(string(data)), "mv") + 1
+				dirs := ownGroup()
+				run(dirs, tc.path, n)
+				// (The user's wrapper kills what it may: the child; the
+				// script, root's, says so.)
+				if s := h.run(t, scriptOpts{counter: counter(), killAt: k}, dirs[1]); k == 0 || !s.killed && !strings.Contains(s.out, "exited 137") {
+					bad = append(bad, fmt.Sprintf("the script was not killed at its step %d: %s", k, s.out))
+				}
+				var st unix.Stat_t
+				if j, err := layout.ReadJournal(journalOf(dirs[1])); err != nil || j.Phase != layout.PhaseCommit || unix.Lstat(journalOf(dirs[1]), &st) != nil || st.Uid != hostileUID {
+					bad = append(bad, fmt.Sprintf("the journal the script wrote (C3): %v, owner %d; want phase commit, owner %d", err, st.Uid, hostileUID))
+				}
+				if g := goRecover(dirs[0], false); g.code != 0 {
+					bad = append(bad, "Go after the killed script: "+g.out)
+				} else if msg := groupFinal(t, dirs, treeimage.MustCapture(t, dirs[0], opts), opts); msg != "" {
+					bad = append(bad, "after the killed script and Go: "+msg)
+				}
+			}
+			if bad != nil {
+				t.Errorf("crash after step %d (%s), recovering tree %d:\n%s", n, state, tc.which, strings.Join(bad, "\n"))
 			}
 		})
 	}
