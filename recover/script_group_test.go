@@ -38,6 +38,7 @@ import (
 	"github.com/treetx/treetx/internal/layout"
 	"github.com/treetx/treetx/internal/testenv"
 	"github.com/treetx/treetx/internal/treeimage"
+	txrecover "github.com/treetx/treetx/recover"
 	"github.com/treetx/treetx/txn"
 )
 
@@ -919,6 +920,123 @@ func TestScriptGroupAsOwner(t *testing.T) {
 			}
 			if bad != nil {
 				t.Errorf("crash after step %d (%s), recovering tree %d:\n%s", n, state, tc.which, strings.Join(bad, "\n"))
+			}
+		})
+	}
+}
+
+// TestScriptGroupKilled kills the script after one of its own steps (not
+// a sync) while it recovers a group, and lets Go finish from the other
+// tree; and kills recover.Recover after one of its steps, and lets the
+// script finish. Every tree must end old, or every tree new once the
+// record said commit. A default run takes two steps of each, drawn with
+// the seed, on each of four states; TREETX_EXHAUSTIVE=1 every step.
+func TestScriptGroupKilled(t *testing.T) {
+	h := newHarness(t)
+	seed := testenv.Seed(t)
+	old, new := images(t, "commit")
+	plans := map[string][]fsystest.Op{}
+	planDirs := map[string][]string{}
+	for _, path := range []string{"commit", "rollback"} {
+		plans[path], _, planDirs[path] = groupPlan(t, "apart", path)
+	}
+	var total, violations atomic.Int64
+	t.Cleanup(func() {
+		fmt.Printf("script group kills: %d checked, %d violations\n", total.Load(), violations.Load())
+	})
+	for ci, tc := range []struct {
+		name, path string
+		at         func(ops []fsystest.Op, dirs []string) int
+		which      int
+		committed  bool
+	}{
+		{"both running", "rollback", bothRunning, 0, false},
+		{"row 29", "commit", recordSaysCommit, 1, true},
+		{"both in commit", "commit", otherCommitted, 0, true},
+		{"a final tree", "commit", otherFinal, 1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rng := rand.New(rand.NewPCG(seed, uint64(400+ci)))
+			want, opts := old, treeimage.Options{}
+			if tc.committed {
+				want, opts = new, treeimage.Options{IgnoreDirMtime: true}
+			}
+			n := tc.at(plans[tc.path], planDirs[tc.path])
+			state := func() []string {
+				dirs := newGroup(t, "apart")
+				if !runGroupVictim(t, dirs, tc.path, n) {
+					t.Fatalf("the transaction ended before step %d", n)
+				}
+				return dirs
+			}
+			check := func(dirs []string, what string) {
+				total.Add(1)
+				for _, d := range dirs {
+					if g := goRecover(d, false); g.code != 0 {
+						violations.Add(1)
+						t.Errorf("%s: Go, recovering every tree: %s", what, g.out)
+						return
+					}
+				}
+				if msg := groupFinal(t, dirs, want, opts); msg != "" {
+					violations.Add(1)
+					t.Errorf("%s: %s", what, msg)
+				}
+			}
+			// The script's steps, killed after one: Go finishes.
+			counter := filepath.Join(scratch(t, false), "steps")
+			if s := h.run(t, scriptOpts{counter: counter}, state()[tc.which]); s.code != 0 {
+				t.Fatalf("script: %s", s.out)
+			}
+			data, _ := os.ReadFile(counter)
+			steps := strings.Fields(string(data))
+			var kills []int
+			for k, step := range steps {
+				if step != "sync" {
+					kills = append(kills, k+1)
+				}
+			}
+			for _, i := range testenv.Sample(len(kills), nil, 2, rng) {
+				k := kills[i]
+				dirs := state()
+				s := h.run(t, scriptOpts{counter: filepath.Join(scratch(t, false), "steps"), killAt: k}, dirs[tc.which])
+				if !s.killed {
+					t.Fatalf("the script was not killed at its step %d of %d: %s", k, len(steps), s.out)
+				}
+				for _, d := range dirs {
+					waitUnlocked(t, d) // the subshells holding the other trees' locks
+				}
+				if g := goRecover(dirs[1-tc.which], false); g.code != 0 {
+					violations.Add(1)
+					t.Errorf("script killed after its step %d (%s): Go, from the other tree: %s", k, steps[k-1], g.out)
+					continue
+				}
+				check(dirs, fmt.Sprintf("script killed after its step %d (%s), Go finishing", k, steps[k-1]))
+			}
+			// Go's steps, killed after one: the script finishes.
+			rfs := &fsystest.FS{Record: true}
+			if _, err := txrecover.Recover(state()[tc.which], txrecover.Options{FS: rfs}); err != nil {
+				t.Fatalf("Go: %v", err)
+			}
+			var rops []fsystest.Op
+			for _, op := range rfs.Ops() {
+				if op.Kind != "fsync" && op.Kind != "syncfs" {
+					rops = append(rops, op)
+				}
+			}
+			for _, i := range testenv.Sample(len(rops), nil, 2, rng) {
+				m := rops[i].Step
+				dirs := state()
+				if !runVictim(t, "recover", dirs[tc.which], "", m) {
+					t.Fatalf("Go's recovery ended before its step %d", m)
+				}
+				if s := h.run(t, scriptOpts{}, dirs[1-tc.which]); s.killed || s.code != 0 {
+					violations.Add(1)
+					t.Errorf("Go killed after its step %s: the script, from the other tree: %s", rops[i], s.out)
+					continue
+				}
+				check(dirs, fmt.Sprintf("Go killed after its step %s, the script finishing", rops[i]))
 			}
 		})
 	}
