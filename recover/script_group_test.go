@@ -210,9 +210,9 @@ func groupState(t testing.TB, dirs []string) string {
 
 // stateKeys returns for each op of a group transaction over dirs a key
 // that two ops share when a kill right after either leaves the same names
-// beside the trees (ids aside), the same number of writes of each journal
-// and the same number of exchanges: what recovery acts on, but what is
-// inside the trees.
+// beside the trees (ids and the scratch directory aside), the same number
+// of writes of each journal and the same number of exchanges: what
+// recovery acts on, but what is inside the trees.
 func stateKeys(ops []fsystest.Op, dirs []string) []string {
 	parents := map[string]bool{}
 	for _, d := range dirs {
@@ -221,6 +221,7 @@ func stateKeys(ops []fsystest.Op, dirs []string) []string {
 	top := func(p string) bool {
 		return p != "" && parents[filepath.Dir(p)] && strings.HasPrefix(filepath.Base(p), ".#treetx.")
 	}
+	root := groupRoot(dirs)
 	names := map[string]bool{}
 	counts := map[string]int{} // journal writes, exchanges
 	keys := make([]string, len(ops))
@@ -253,7 +254,7 @@ func stateKeys(ops []fsystest.Op, dirs []string) []string {
 			key = append(key, fmt.Sprintf("%s %d", c, v))
 		}
 		slices.Sort(key)
-		keys[k] = strings.Join(key, "; ")
+		keys[k] = strings.ReplaceAll(strings.Join(key, "; "), root, "ROOT")
 	}
 	return keys
 }
@@ -346,8 +347,9 @@ func groupFinal(t testing.TB, dirs []string, want treeimage.Image, opts treeimag
 // sync leaves the state of the step before), and every 5th step inside the
 // trees built or deleted, all of them with TREETX_EXHAUSTIVE=1. A default
 // run takes, with the trees in two parents, the first step of each
-// distinct state (stateKeys) and two more, and with the trees in one
-// parent two steps, drawn with the seed.
+// distinct state (stateKeys; those of Begin, the same on both paths, once)
+// and two more, and with the trees in one parent two steps, drawn with the
+// seed. Each step is a parallel subtest.
 func TestScriptGroupAgreesWithGo(t *testing.T) {
 	h := newHarness(t)
 	seed := testenv.Seed(t)
@@ -356,74 +358,86 @@ func TestScriptGroupAgreesWithGo(t *testing.T) {
 		fmt.Printf("script group states: %s, %d differences\n", testenv.Counted(int(total.Load()), int(all.Load())), differences.Load())
 	})
 	old, new := images(t, "commit")
-	for vi, v := range []struct {
+	type variant struct {
 		where, path string
 		distinct    bool // a default run takes each distinct state
-	}{
-		{"apart", "commit", true},
-		{"apart", "rollback", true},
-		{"together", "commit", false},
-		{"together", "rollback", false},
-	} {
+		commitPoint int
+		points      []fsystest.Op
+		first       map[int]bool // the points that are the first step of a distinct state
+	}
+	variants := []*variant{
+		{where: "apart", path: "commit", distinct: true},
+		{where: "apart", path: "rollback", distinct: true},
+		{where: "together", path: "commit"},
+		{where: "together", path: "rollback"},
+	}
+	seen := map[string]bool{} // across the paths: Begin's states are the same
+	for _, v := range variants {
+		ops, commitPoint, planDirs := groupPlan(t, v.where, v.path)
+		keys := stateKeys(ops, planDirs)
+		v.commitPoint, v.first = commitPoint, map[int]bool{}
+		for j, op := range ops {
+			if op.Kind == "fsync" || op.Kind == "syncfs" || insideGroupTree(op) && op.Step%5 != 0 {
+				continue
+			}
+			if v.distinct && !insideGroupTree(op) && !seen[keys[j]] {
+				seen[keys[j]] = true
+				v.first[len(v.points)] = true
+			}
+			v.points = append(v.points, op)
+		}
+	}
+	for vi, v := range variants {
 		t.Run(v.where+"/"+v.path, func(t *testing.T) {
 			t.Parallel()
-			ops, commitPoint, planDirs := groupPlan(t, v.where, v.path)
-			keys := stateKeys(ops, planDirs)
-			var points []fsystest.Op
-			first := map[int]bool{} // the first step of each distinct state
-			for j, op := range ops {
-				if op.Kind == "fsync" || op.Kind == "syncfs" || insideGroupTree(op) && op.Step%5 != 0 {
-					continue
-				}
-				if v.distinct && !insideGroupTree(op) && (j == 0 || keys[j] != keys[j-1]) {
-					first[len(points)] = true
-				}
-				points = append(points, op)
-			}
+			points, commitPoint := v.points, v.commitPoint
 			rng := rand.New(rand.NewPCG(seed, uint64(300+vi)))
 			all.Add(int64(len(points)))
-			for k, i := range testenv.Sample(len(points), func(i int) bool { return first[i] }, 2, rng) {
+			for k, i := range testenv.Sample(len(points), func(i int) bool { return v.first[i] }, 2, rng) {
 				op := points[i]
 				n := op.Step
 				which := k % 2
-				want, opts, label := old, treeimage.Options{}, "old"
-				if commitPoint > 0 && n >= commitPoint {
-					want, opts, label = new, treeimage.Options{IgnoreDirMtime: true}, "new"
-				}
-				dirsGo, dirsSh := newGroup(t, v.where), newGroup(t, v.where)
-				if !runGroupVictim(t, dirsGo, v.path, n) || !runGroupVictim(t, dirsSh, v.path, n) {
-					t.Fatalf("the transaction ended before step %d", n)
-				}
-				state := groupState(t, dirsGo)
-				if b := groupState(t, dirsSh); b != state {
-					t.Fatalf("crash after step %s: two runs left different states:\n%s\n%s", op, state, b)
-				}
-				total.Add(1)
-				g := goRecover(dirsGo[which], false)
-				s := h.run(t, scriptOpts{}, dirsSh[which])
-				t.Logf("crash after step %s (%s), tree %d: Go: exit %d: %s", op, state, which, g.code, g.line)
-				bad := groupCompare(t, dirsGo, dirsSh, g, s, opts)
-				// Every tree now, on both copies.
-				for _, d := range dirsGo {
-					if g := goRecover(d, false); g.code != 0 {
-						bad = append(bad, "Go, recovering every tree: "+g.out)
+				t.Run(fmt.Sprintf("step %d", n), func(t *testing.T) {
+					t.Parallel()
+					want, opts, label := old, treeimage.Options{}, "old"
+					if commitPoint > 0 && n >= commitPoint {
+						want, opts, label = new, treeimage.Options{IgnoreDirMtime: true}, "new"
 					}
-				}
-				if s := h.run(t, scriptOpts{}, dirsSh...); s.killed || s.code != 0 {
-					bad = append(bad, "the script, recovering every tree: "+s.out)
-				}
-				for _, c := range []struct {
-					who  string
-					dirs []string
-				}{{"Go", dirsGo}, {"script", dirsSh}} {
-					if msg := groupFinal(t, c.dirs, want, opts); msg != "" {
-						bad = append(bad, fmt.Sprintf("%s: want every tree %s: %s", c.who, label, msg))
+					dirsGo, dirsSh := newGroup(t, v.where), newGroup(t, v.where)
+					if !runGroupVictim(t, dirsGo, v.path, n) || !runGroupVictim(t, dirsSh, v.path, n) {
+						t.Fatalf("the transaction ended before step %d", n)
 					}
-				}
-				if bad != nil {
-					differences.Add(1)
-					t.Errorf("crash after step %s (%s), recovering tree %d:\n%s", op, state, which, strings.Join(bad, "\n"))
-				}
+					state := groupState(t, dirsGo)
+					if b := groupState(t, dirsSh); b != state {
+						t.Fatalf("crash after step %s: two runs left different states:\n%s\n%s", op, state, b)
+					}
+					total.Add(1)
+					g := goRecover(dirsGo[which], false)
+					s := h.run(t, scriptOpts{}, dirsSh[which])
+					t.Logf("crash after step %s (%s), tree %d: Go: exit %d: %s", op, state, which, g.code, g.line)
+					bad := groupCompare(t, dirsGo, dirsSh, g, s, opts)
+					// Every tree now, on both copies.
+					for _, d := range dirsGo {
+						if g := goRecover(d, false); g.code != 0 {
+							bad = append(bad, "Go, recovering every tree: "+g.out)
+						}
+					}
+					if s := h.run(t, scriptOpts{}, dirsSh...); s.killed || s.code != 0 {
+						bad = append(bad, "the script, recovering every tree: "+s.out)
+					}
+					for _, c := range []struct {
+						who  string
+						dirs []string
+					}{{"Go", dirsGo}, {"script", dirsSh}} {
+						if msg := groupFinal(t, c.dirs, want, opts); msg != "" {
+							bad = append(bad, fmt.Sprintf("%s: want every tree %s: %s", c.who, label, msg))
+						}
+					}
+					if bad != nil {
+						differences.Add(1)
+						t.Errorf("crash after step %s (%s), recovering tree %d:\n%s", op, state, which, strings.Join(bad, "\n"))
+					}
+				})
 			}
 		})
 	}
@@ -736,6 +750,7 @@ func TestScriptGroupJournal(t *testing.T) {
 			if s := h.run(t, scriptOpts{counter: filepath.Join(scratch(t, false), "steps"), killAt: k}, dirs[1]); !s.killed {
 				t.Fatalf("the script was not killed at its step %d: %s", k, s.out)
 			}
+			waitUnlocked(t, dirs[0]) // the subshell that held it is dying
 			raw, err := os.ReadFile(journalOf(dirs[1]))
 			groupMust(t, err)
 			j, err := layout.ReadJournal(journalOf(dirs[1]))
@@ -908,6 +923,7 @@ func TestScriptGroupAsOwner(t *testing.T) {
 				if s := h.run(t, scriptOpts{counter: counter(), killAt: k}, dirs[1]); k == 0 || !s.killed && !strings.Contains(s.out, "exited 137") {
 					bad = append(bad, fmt.Sprintf("the script was not killed at its step %d: %s", k, s.out))
 				}
+				waitUnlocked(t, dirs[0])
 				var st unix.Stat_t
 				if j, err := layout.ReadJournal(journalOf(dirs[1])); err != nil || j.Phase != layout.PhaseCommit || unix.Lstat(journalOf(dirs[1]), &st) != nil || st.Uid != hostileUID {
 					bad = append(bad, fmt.Sprintf("the journal the script wrote (C3): %v, owner %d; want phase commit, owner %d", err, st.Uid, hostileUID))
