@@ -53,13 +53,18 @@
 # It takes DIR's lock (flock on PARENT/.#treetx.NAME.lock) without waiting:
 # a live transaction is left alone. It never installs a tree whose root is
 # not the inode the journal records, and does nothing destructive when the
-# journal is unreadable, truncated, newer than version 1, or not laid out
+# journal is unreadable, truncated, newer than version 2, or not laid out
 # as treetx writes it (one field a line: a hand-edited journal is refused).
 # It deletes a tree only under a removal name (.#treetx.NAME.removing.ID)
 # after a durable rename, or, as treetx does when a full file system refuses
 # that rename, a shadow the journal already says is garbage. The script and
 # the binary can each finish what the other left when killed at any point
 # (recover/script_test.go checks that they agree at every crash point).
+# A transaction over several trees (a version 2 journal; a marker
+# .#treetx.NAME.group beside each tree) is recovered whole, as treetx does:
+# the other trees' locks taken without waiting, every tree finished or
+# undone as the group's record decides, the record last (rows 29 to 31;
+# recover/script_group_test.go).
 #
 # One line per DIR on standard output: "DIR: STATE: FOUND; did: ACTION".
 # Exit status: 0 every DIR is consistent now; 75 some DIR is busy; 125 some
@@ -149,16 +154,60 @@ function rfc3339(s,   t, z) {
 function oneline(s) { gsub(/[\001-\037]/, "?", s); return s }
 '
 
+# What the journal and the marker of a transaction over several trees hold:
+# its group, an id and the trees (layout.Group), checked as Group.check
+# does. Prepended, after lib_awk, to journal_awk and marker_awk.
+# shellcheck disable=SC2016 # awk programs, not shell expansions
+group_lib='
+function isgid(s) { return length(s) == 18 && s ~ /^"[0-9a-f]*"$/ }
+# hasnul tells a checked JSON string that holds a NUL (\u0000).
+function hasnul(s,   k, c) {
+	for (k = 2; k < length(s); k++) {
+		if (substr(s, k, 1) != "\\") continue
+		c = substr(s, ++k, 1)
+		if (c == "u" && substr(s, k + 1, 4) == "0000") return 1
+	}
+	return 0
+}
+# mesc writes a string in the escaping of the manifest (every byte outside
+# !..~, and backslash, as \0NNN): one word, for the shell (decode).
+function mesc(s,   out, k, c, v) {
+	out = ""
+	for (k = 1; k <= length(s); k++) {
+		c = substr(s, k, 1); v = ORD[c]
+		if (v > 32 && v < 127 && v != 92) out = out c
+		else out = out sprintf("\\0%03o", v)
+	}
+	return out
+}
+# badgroup says why the trees G[1..ng] (checked JSON strings) are not a
+# group treetx writes ("" if they are one): 2 to 64 trees, each absolute
+# and clean, not "/", at most 4096 bytes, no NUL, none twice.
+function badgroup(ng,   k, t, seen) {
+	if (ng < 2 || ng > 64) return ng " trees"
+	for (k = 1; k <= ng; k++) {
+		t = jdec(G[k])
+		if (hasnul(G[k]) || t == "/" || substr(t, 1, 1) != "/" || substr(t, length(t)) == "/" || index(t, "//") || t ~ /\/\.\.?(\/|$)/ || length(t) > 4096) return "bad tree " G[k]
+		if (t in seen) return "tree " G[k] " twice"
+		seen[t] = 1
+	}
+	return ""
+}
+'
+
 # The journal, as Go's json.MarshalIndent(j, "", "  ") writes it: one field a
 # line, in the order of layout.Journal (internal/layout). The layout is checked line by line, and
 # every value as the Go reader checks it; anything else is refused. mode=parse
 # prints "ok", the id, the phase, the shadow's device and inode, the number
-# of lost files and a description, one a line; or "corrupt REASON" or
-# "future VERSION". mode=rewrite prints the journal with phase rollback and
-# the lost list read after it (manifest-escaped paths, one a line, from the
-# second operand), as Go would write it.
+# of lost files and a description, then the group's id ("-" without one),
+# the number of its trees and each tree (manifest-escaped), one a line; or
+# "corrupt REASON" or "future VERSION". mode=rewrite prints the journal
+# with phase rollback and the lost list read after it (manifest-escaped
+# paths, one a line, from the second operand), as Go would write it;
+# mode=commit the journal with phase commit (row 29's C3). Version 1 has no
+# group, version 2 must have one (after "lost", when there is one).
 # shellcheck disable=SC2016
-journal_awk=$lib_awk'
+journal_awk=$lib_awk$group_lib'
 function fail(m) { print "corrupt " m; exit 1 }
 function isuint(s) { return s ~ /^(0|[1-9][0-9]*)$/ }
 function isint(s) { return s ~ /^-?(0|[1-9][0-9]*)$/ }
@@ -230,17 +279,37 @@ function jsonstr(e,   out, k, c, v) {
 	}
 	return out "\""
 }
+# listx reads the items of a string array opened on the line before, each
+# indented by ind, up to its closing line cl or alt (if not ""); it returns
+# their count, keeps them in S and the closing line in closed.
+function listx(ind, cl, alt,   k, v) {
+	k = 0
+	for (;;) {
+		if (i > n) fail("truncated in a list")
+		v = L[i]
+		if (v == cl || alt != "" && v == alt) { closed = v; i++; return k }
+		if (substr(v, 1, length(ind)) != ind) fail("line " i ": bad list item")
+		v = substr(v, length(ind) + 1)
+		if (substr(v, length(v)) == ",") {
+			v = substr(v, 1, length(v) - 1)
+			if (i + 1 <= n && (L[i + 1] == cl || alt != "" && L[i + 1] == alt)) fail("line " i ": comma before the end of a list")
+		} else if (i + 1 > n || L[i + 1] != cl && (alt == "" || L[i + 1] != alt)) fail("line " i ": no comma in a list")
+		if (!isstr(v)) fail("line " i ": bad string")
+		S[++k] = v
+		i++
+	}
+}
 NR == FNR { L[++n] = $0; next }
 $0 != "" { Q[++nq] = $0 }
 END {
 	if (n >= 2 && L[2] ~ /^  "version": [0-9][0-9]*,$/) {
 		v = substr(L[2], 14); v = substr(v, 1, length(v) - 1)
-		if (v + 0 > 1) { print "future " v; exit 1 }
+		if (v + 0 > 2) { print "future " v; exit 1 }
 	}
 	while (n > 0 && L[n] == "") n--
 	i = 1
 	line("{")
-	v = field("  ", "version"); if (v != "1") fail("version " v)
+	version = field("  ", "version"); if (version != "1" && version != "2") fail("version " version)
 	id = field("  ", "id"); if (id !~ /^"[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]"$/) fail("bad id " id)
 	pid = field("  ", "pid"); if (!isint(pid)) fail("bad pid")
 	host = field("  ", "host"); if (!isstr(host)) fail("bad host")
@@ -262,23 +331,47 @@ END {
 	isino = i
 	sino = field("    ", "ino", 1); if (!isuint(sino)) fail("bad shadow ino")
 	if (sino == "0") fail("no shadow inode")
-	nl = 0
+	nl = 0; ng = 0; gid = ""
 	if (i <= n && L[i] == "  },") {
 		i++
-		if (i <= n && L[i] == "  \"lost\": [") { i++; nl = strlist("  ]") }
-		else { v = field("  ", "lost", 1); if (v != "null" && v != "[]") fail("bad lost") }
+		more = 1
+		if (i <= n && L[i] == "  \"lost\": [") {
+			i++; nl = listx("    ", "  ]", "  ],")
+			for (k = 1; k <= nl; k++) LS[k] = S[k]
+			more = closed == "  ],"
+		} else if (i <= n && substr(L[i], 1, 10) == "  \"lost\": ") {
+			v = substr(L[i], 11); more = substr(v, length(v)) == ","
+			if (more) v = substr(v, 1, length(v) - 1)
+			if (v != "null" && v != "[]") fail("bad lost")
+			i++
+		}
+		if (more) {
+			igroup = i
+			line("  \"group\": {")
+			gid = field("    ", "id"); if (!isgid(gid)) fail("group: bad id " gid)
+			if (i <= n && L[i] == "    \"trees\": [") { i++; ng = listx("      ", "    ]", "") }
+			else { v = field("    ", "trees", 1); fail("group: bad trees " v) }
+			for (k = 1; k <= ng; k++) G[k] = S[k]
+			if ((v = badgroup(ng)) != "") fail("group: " v)
+			line("  }")
+			igend = i - 1
+		}
 	} else line("  }")
 	line("}")
 	if (i <= n) fail("line " i ": after the end")
-	if (mode == "rewrite") {
-		for (k = 1; k <= isino; k++) print (k == iphase ? "  \"phase\": \"rollback\"," : L[k])
-		nl = nq
-		if (nl == 0) print "  }"
+	if (version == "1" && gid != "" || version == "2" && gid == "") fail("version " version)
+	if (mode == "rewrite" || mode == "commit") {
+		for (k = 1; k <= isino; k++) print (k == iphase ? "  \"phase\": \"" (mode == "commit" ? "commit" : "rollback") "\"," : L[k])
+		if (mode == "rewrite") { nl = nq; for (k = 1; k <= nq; k++) LS[k] = jsonstr(Q[k]) }
+		if (nl == 0 && gid == "") print "  }"
 		else {
 			print "  },"
-			print "  \"lost\": ["
-			for (k = 1; k <= nl; k++) print "    " jsonstr(Q[k]) (k < nl ? "," : "")
-			print "  ]"
+			if (nl > 0) {
+				print "  \"lost\": ["
+				for (k = 1; k <= nl; k++) print "    " LS[k] (k < nl ? "," : "")
+				print "  ]" (gid != "" ? "," : "")
+			}
+			if (gid != "") for (k = igroup; k <= igend; k++) print L[k]
 		}
 		print "}"
 		exit 0
@@ -290,6 +383,9 @@ END {
 	print sino
 	print nl
 	print oneline("transaction " substr(id, 2, 16) " (pid " pid " on " jdec(host) ", " cmd ", since " rfc3339(start) ")")
+	print (gid == "" ? "-" : substr(gid, 2, 16))
+	print ng
+	for (k = 1; k <= ng; k++) print mesc(jdec(G[k]))
 }'
 
 # The holder record in a lock file, as lock.Acquire writes it (compact JSON
@@ -331,6 +427,37 @@ END {
 	lit("}")
 	if (pos != length(s) + 1) bad()
 	print "ok"; print pid; print oneline(host); print oneline(user); print oneline(cmd); print rfc3339(since)
+}'
+
+# A group's marker (.#treetx.NAME.group), as layout.WriteMarker writes it:
+# json.Marshal of the group, on one line. Prints "ok", the id, the number of
+# trees and each tree (manifest-escaped), one a line; or "corrupt REASON".
+# A marker in any other form counts as unreadable (as a corrupt one does
+# for treetx: garbage).
+# shellcheck disable=SC2016
+marker_awk=$lib_awk$group_lib'
+function bad(m) { print "corrupt " m; exit 1 }
+function lit(t) { if (substr(s, pos, length(t)) != t) bad("want " t); pos += length(t) }
+function str(   r) {
+	r = substr(s, pos)
+	if (!match(r, /^"([^"\\]|\\.)*"/)) bad("bad string")
+	r = substr(r, 1, RLENGTH); pos += RLENGTH
+	if (!isstr(r)) bad("bad string")
+	return r
+}
+{ s = s (NR > 1 ? "\n" : "") $0 }
+END {
+	gsub(/^[ \t\r\n]+|[ \t\r\n]+$/, "", s)
+	pos = 1
+	lit("{\"id\":"); id = str(); if (!isgid(id)) bad("bad id " id)
+	lit(",\"trees\":[")
+	ng = 0
+	while (substr(s, pos, 1) != "]" && ng <= 64) { if (ng > 0) lit(","); G[++ng] = str() }
+	lit("]}")
+	if (pos != length(s) + 1) bad("after the end")
+	if ((why = badgroup(ng)) != "") bad(why)
+	print "ok"; print substr(id, 2, 16); print ng
+	for (k = 1; k <= ng; k++) print mesc(jdec(G[k]))
 }'
 
 # The manifest: checked whole before any record is acted on (a manifest
@@ -602,10 +729,18 @@ usage() {
 #   --as-owner UID DIR   recover DIR, whose lock is held on descriptor 9 and
 #                        whose journal UID owns (rule T3)
 #   --remove-tree PATH   delete the tree at PATH (rule T2)
+#   --group-tree UID DIR MODE   finish DIR's transaction, one of a group's,
+#                        whose lock a parent holds (group_tree_as_owner)
 dry=0 as_owner='' remove_only=0
+group_tree=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n | --dry-run) dry=1; shift ;;
+	--group-tree)
+		[ $# -eq 4 ] || usage
+		group_tree=1 as_owner=$2
+		shift 2
+		break ;;
 	--as-owner)
 		[ $# -eq 3 ] || usage
 		as_owner=$2
@@ -1570,7 +1705,7 @@ read_journal() {
 }
 
 # parse_journal sets jres to what journal_awk says of jtext, and from it
-# jid, phase, sdev, sino, nlost and who.
+# jid, phase, sdev, sino, nlost and who (and, by journal_group, the group).
 parse_journal() {
 	case $jtext in
 	*"$soh"*) jres="corrupt a NUL or control byte" ;;
@@ -1586,8 +1721,10 @@ parse_journal() {
 		IFS=$oifs
 		set +f
 		jid=$2 phase=$3 sdev=$4 sino=$5 nlost=$6 who=$7
+		shift 7
+		journal_group "$@"
 		return 0 ;;
-	future*) jerr="$J: journal is from a newer version of treetx (version ${jres#future }; this script reads version 1)" ;;
+	future*) jerr="$J: journal is from a newer version of treetx (version ${jres#future }; this script reads version 2)" ;;
 	*) jerr="$J: journal is unreadable or corrupt: ${jres#corrupt }" ;;
 	esac
 	return 1
@@ -1761,6 +1898,15 @@ recover_one() {
 		report not
 		return 0
 	fi
+	if group_redirect; then
+		# One of the trees of a transaction over several, final: the
+		# record's recovery recovers it (row 30).
+		redirected=1
+		recover_one "$mk_record"
+		rc=$?
+		redirected=''
+		return $rc
+	fi
 	# Rule T1: the gate is a regular file with one link (the lock file
 	# too: lock checks it), or nothing is done (not even making a missing
 	# lock file).
@@ -1846,6 +1992,10 @@ recover_locked() {
 			refuse "$J: expected a journal owned by uid $as_owner, found one owned by uid $jowner (it was replaced)"
 			return 125
 		fi
+		if [ "$jgn" -gt 0 ]; then # rows 29, 30, 31
+			recover_group_locked
+			return
+		fi
 		if [ "$am_root" = 1 ] && [ "$jowner" != 0 ] && [ "$dry" = 0 ]; then
 			recover_as
 			return
@@ -1894,11 +2044,10 @@ recover_locked() {
 		refuse "$J: expected the journal owned by uid $as_owner, found nothing (it was removed)"
 		return 125
 	fi
+	mk_garbage=''
 	if exists "$pp/${pre}group"; then
-		# A transaction over several trees (journal version 2): this
-		# script does not recover those; treetx recover does.
-		refuse "$pp/${pre}group marks one of the trees of a transaction over several trees, which this script does not recover: run treetx recover $D"
-		return 125
+		marker_here || return "$mk_rc"
+		mk_garbage=${pre}group
 	fi
 	if exists "$CPL"; then
 		state="needs a person"
@@ -1907,7 +2056,7 @@ recover_locked() {
 		person "$found"
 		return 125
 	fi
-	garbage='' kept='' old=''
+	garbage=$mk_garbage kept='' old=''
 	for f in "$INC" "$JT" "$M"; do
 		exists "$f" && garbage=$garbage${garbage:+, }${f##*/}
 	done
@@ -1958,6 +2107,9 @@ recover_locked() {
 # a tree is only ever deleted under such a name (G2); files are simply
 # unlinked (G1); trees under removal names are deleted (G3).
 remove_leftovers() {
+	if [ -n "${mk_garbage-}" ]; then
+		drop_marker || return 1
+	fi
 	for f in "$INC" "$JT" "$M"; do
 		exists "$f" || continue
 		if [ -d "$f" ] && ! [ -L "$f" ]; then
@@ -1984,10 +2136,579 @@ step_G2_drop_tree() {
 	remove_tree "$pp/${pre}removing.$nid" owner
 }
 
+# ---------------------------------------------------------------------------
+# Transactions over several trees (docs/protocol.md, "One transaction over
+# several trees": rows 29, 30, 31; recover's classifyGroup and
+# recoverGroup). Every journal of one is version 2 and names its group: an
+# id and the trees, the record's first, whose journal decides for all;
+# beside every tree a marker, T.group, holds the same until the group is
+# over, leading a tree whose journal is gone to the record.
+#
+# The other trees' locks. POSIX sh opens descriptors 0 to 9 only, and a
+# group has up to 64 trees: no one shell can hold all their locks. So each
+# is taken, without waiting (lock, as DIR's is), by a subshell of its own
+# on descriptor 9, nested in the subshell that holds the tree before it
+# (group_lock); DIR's stays with the script. The innermost, when every lock
+# is held by it or a parent, recovers the trees (group_work) and removes
+# the markers; then each subshell releases its lock as they unwind. A lock
+# held, or refused, anywhere: nothing is done. As root, each tree's steps
+# are taken as its journal's owner (rule T3) by this script run again under
+# setpriv (--group-tree), which cannot be handed the open file that holds
+# that tree's lock: it checks instead that the lock is held (by a parent).
+
+# journal_group sets, from journal_awk's lines after the description, jgid
+# (the group's id, "-" for none), jgn (its number of trees, 0 for none) and
+# jtrees (the trees, manifest-escaped, in one word each, the record's
+# first).
+journal_group() {
+	jgid=${1:--} jgn=${2:-0} jtrees=''
+	[ $# -ge 2 ] && shift 2
+	for e; do jtrees=$jtrees${jtrees:+ }$e; done
+}
+
+# group_words sets g_first to the first tree of jtrees (the record's) and
+# g_list to the trees as Go's %v shows them ("[/a /b]"); in_group to 1 if D
+# is one of them.
+group_words() {
+	g_first='' g_list='' in_group=0
+	set -f
+	for e in $jtrees; do
+		decode "$e"
+		[ -n "$g_first" ] || g_first=$dp
+		[ "$dp" = "$D" ] && in_group=1
+		g_list=$g_list${g_list:+ }$dp
+	done
+	set +f
+	g_list="[$g_list]"
+}
+
+# read_marker PATH reads a group's marker as layout.ReadMarker does (rule
+# T1, as for a journal: a regular file with one link, not writable by group
+# or others, at most 1 MiB) and sets mk_owner, mk_id, mk_n, mk_trees (as
+# jtrees) and mk_record; it returns 1 when the marker cannot be read.
+read_marker() {
+	check_file "$1" private || return 1
+	mk_owner=$lk_uid
+	[ "$lk_size" -le 1048576 ] || return 1
+	mk_res=$(safe_read "$1" 1048577 | tr '\000' '\001' | awk "$marker_awk" 2>/dev/null) || return 1
+	case $mk_res in ok"$nl"*) ;; *) return 1 ;; esac
+	set -f
+	oifs=$IFS
+	IFS=$nl
+	# shellcheck disable=SC2086 # one field a line
+	set -- $mk_res
+	IFS=$oifs
+	set +f
+	mk_id=$2 mk_n=$3
+	shift 3
+	mk_trees=''
+	for e; do mk_trees=$mk_trees${mk_trees:+ }$e; done
+	decode "$1"
+	mk_record=$dp
+}
+
+# peek_journal DIR reads DIR's journal (read_journal, in a subshell: the
+# journal being recovered stays read) and sets pk_owner, pk_phase and
+# pk_gid; or, returning 1, pk_err to why it cannot be read, as Go says it.
+peek_journal() {
+	pk_res=$(
+		D=$1
+		names
+		if [ ${#N} -gt 220 ]; then
+			printf 'err\n%s: name is %s bytes long; treetx'"'"'s names beside it would exceed the 255-byte limit of a file name (at most 220 bytes)\n' "$D" "${#N}"
+			exit 0
+		fi
+		if ! exists "$P"; then
+			printf 'err\nopen %s: no such file or directory\n' "$P"
+			exit 0
+		fi
+		if ! exists "$J"; then
+			printf 'err\nopen %s: no such file or directory\n' "$J"
+			exit 0
+		fi
+		read_journal
+		case $? in
+		0) printf 'ok\n%s\n%s\n%s\n' "$jowner" "$phase" "$jgid" ;;
+		1) printf 'err\n%s\n' "$jerr" ;;
+		*) printf 'err\n%s\n' "$bad" ;;
+		esac
+	)
+	case $pk_res in
+	ok"$nl"*)
+		set -f
+		oifs=$IFS
+		IFS=$nl
+		# shellcheck disable=SC2086 # one field a line
+		set -- $pk_res
+		IFS=$oifs
+		set +f
+		pk_owner=$2 pk_phase=$3 pk_gid=$4
+		return 0 ;;
+	esac
+	pk_err=${pk_res#err"$nl"}
+	return 1
+}
+
+# marker_unfinished tells whether the group of the marker read_marker read
+# is not over (layout.Group.Unfinished): its record still has its journal,
+# of that group and of the marker's owner. Else the marker is garbage.
+marker_unfinished() {
+	peek_journal "$mk_record" && [ "$pk_gid" = "$mk_id" ] && [ "$pk_owner" = "$mk_owner" ]
+}
+
+# group_redirect tells whether DIR, with no journal, is one of the trees of
+# a transaction over several that is not over, whose record is another
+# tree (mk_record): recovering the record recovers DIR (recover's
+# recoverDir, row 30). Only once for a DIR: a marker whose record resolves
+# back to it leads nowhere.
+group_redirect() {
+	[ -z "${redirected-}" ] && ! exists "$J" && exists "$pp/${pre}group" &&
+		read_marker "$pp/${pre}group" && [ "$mk_record" != "$D" ] && marker_unfinished
+}
+
+# marker_here looks at DIR's marker, DIR having no journal, under its lock:
+# it returns 0 when the marker is garbage (row 3: its group is over, or it
+# cannot be read); else (row 30: the group's record still has its journal,
+# which group_redirect saw a moment ago) it reports that, leaving it for
+# the record's recovery, and returns 1 with mk_rc the exit status.
+marker_here() {
+	read_marker "$pp/${pre}group" && marker_unfinished || return 0
+	state="needs recovery"
+	found="one of the $mk_n trees of transaction $mk_id, which is not over"
+	action="recover the transaction from its record, $mk_record"
+	mk_rc=0
+	if [ "$dry" = 1 ]; then
+		report would
+	else
+		report not
+		printf '%s: %s: its group'"'"'s record, %s, changed meanwhile: run it again\n' "$prog" "$D" "$mk_record" >&2
+		mk_rc=75
+	fi
+	return 1
+}
+
+# drop_marker removes a marker that is garbage, as any leftover (G1; G2 for
+# a directory).
+drop_marker() {
+	f=$pp/${pre}group
+	exists "$f" || return 0
+	if [ -d "$f" ] && ! [ -L "$f" ]; then
+		step_G2_drop_tree "$f"
+	else
+		step_G1_unlink "$f"
+	fi
+}
+
+# phase_words sets found and action for the journal's phase, as recover's
+# classify words them.
+phase_words() {
+	case $phase in
+	snapshot) found="an interrupted $who that was still building its shadow" action="drop the shadow (the directory was never touched)" ;;
+	running) found="an interrupted $who whose command had not finished" action="roll back to the tree from before the transaction" ;;
+	rollback) found="an interrupted rollback of $who" action="finish the rollback" ;;
+	commit) found="an interrupted commit of $who" action="finish the commit (the new tree is durable)" ;;
+	esac
+}
+
+# group_decide completes the classification of D, whose journal (checked by
+# check_shadow) belongs to a group (recover's classifyGroup): it reads the
+# group's record and sets g_decision (commit or rollback), g_record, and
+# g_row29 to 1 when D's journal says running and the record commit (row
+# 29). Row 31: D is not one of the group's trees, or the record cannot be
+# read (or is another transaction's, or another owner's) while D's journal
+# has not decided itself: found says so, and it returns 1.
+group_decide() {
+	g_decision='' g_row29=0
+	group_words
+	g_record=$g_first
+	if [ "$in_group" = 0 ]; then
+		found="its journal names a group of trees ($g_list) that $D is not one of; nothing done"
+		return 1
+	fi
+	if [ "$g_record" = "$D" ]; then
+		g_decision=rollback
+		[ "$phase" = commit ] && g_decision=commit
+		return 0
+	fi
+	if peek_journal "$g_record"; then
+		rj=${g_record%/*}/.#treetx.${g_record##*/}.journal
+		if [ "$pk_gid" != "$jgid" ]; then
+			pk_err="$rj is another transaction's journal: file does not exist"
+		elif [ "$pk_owner" != "$jowner" ]; then
+			pk_err="$rj belongs to uid $pk_owner, this journal to uid $jowner"
+		else
+			g_decision=rollback
+			[ "$pk_phase" = commit ] && g_decision=commit
+		fi
+	fi
+	if [ -z "$g_decision" ]; then
+		case $phase in
+		commit | rollback)
+			# D's own journal has decided (it could only have after
+			# the record did).
+			g_decision=$phase
+			return 0 ;;
+		esac
+		found="$J, in phase $phase, belongs to transaction $jgid over $g_list, but the journal of $g_record, which records whether it committed, cannot be read ($pk_err); nothing done: inspect the names .#treetx.* beside each tree"
+		return 1
+	fi
+	[ "$g_decision" = commit ] && [ "$phase" = running ] && g_row29=1
+	return 0
+}
+
+# recover_group_locked recovers DIR, whose journal (read) belongs to a
+# group, under DIR's lock: rows 29, 30, 31. It classifies DIR as root (the
+# other trees too, later), then takes the other trees' locks and recovers
+# every tree of the group (group_lock, group_work).
+recover_group_locked() {
+	check_shadow
+	if [ -n "$problem" ]; then
+		state="needs a person"
+		found="an interrupted $who in phase $phase, but $problem; nothing done: inspect it, and the names $pre* beside it"
+		report not
+		person "$found"
+		return 125
+	fi
+	state="needs recovery"
+	phase_words
+	found="$found, one of the $jgn trees of transaction $jgid"
+	if ! group_decide; then # row 31
+		state="needs a person" action=''
+		report not
+		person "$found"
+		return 125
+	fi
+	g_mode=own
+	if [ "$g_row29" = 1 ]; then # row 29
+		g_mode=commit
+		action="finish the commit (the group's record, $g_record, says commit)"
+	fi
+	if [ "$dry" = 1 ]; then
+		nlost=0
+		report would
+		return 0
+	fi
+	if [ "$have_xattr" = 0 ] && [ "$phase" != commit ] && [ "$phase" != snapshot ] && [ "$g_mode" = own ] &&
+		check_manifest 2>/dev/null && [ "${mres##* }" = 1 ]; then
+		note="extended attributes recorded in the manifest were not restored (getfattr/setfattr not found)"
+	fi
+	g_id=$jgid g_D=$D g_trees=$jtrees
+	group_save
+	set -f
+	set --
+	for e in $jtrees; do
+		decode "$e"
+		[ "$dp" = "$D" ] || set -- "$@" "$dp"
+	done
+	set +f
+	group_lock "$@"
+}
+
+# group_save keeps what DIR's recovery found, for when its turn comes and
+# for its line; group_restore brings it back.
+group_save() {
+	s_jtext=$jtext s_jid=$jid s_phase=$phase s_sdev=$sdev s_sino=$sino s_nlost=$nlost
+	s_jowner=$jowner s_who=$who s_jgid=$jgid s_jgn=$jgn s_jtrees=$jtrees
+	s_state=$state s_found=$found s_action=$action s_note=$note
+}
+
+group_restore() {
+	D=$g_D
+	names
+	jtext=$s_jtext jid=$s_jid phase=$s_phase sdev=$s_sdev sino=$s_sino nlost=$s_nlost
+	jowner=$s_jowner who=$s_who jgid=$s_jgid jgn=$s_jgn jtrees=$s_jtrees
+	state=$s_state found=$s_found action=$s_action note=$s_note
+	manifest_ok=0 failed=''
+}
+
+# group_lock TREE... takes the lock of each TREE without waiting, each in a
+# subshell nested in the one before, then runs group_work in the innermost
+# and releases them as it returns. A lock held by another process: DIR's
+# line says so, nothing is done, 75; a lock file treetx does not make
+# there, or one that cannot be taken: 125.
+group_lock() {
+	if [ $# -eq 0 ]; then
+		group_work
+		return
+	fi
+	(
+		D=$1
+		shift
+		names
+		lock
+		case $? in
+		0) ;;
+		1)
+			busy_found
+			group_left "in progress" "$found"
+			exit 75 ;;
+		3)
+			group_left "needs a person" "$bad"
+			exit 125 ;;
+		*)
+			group_left error "$why"
+			exit 125 ;;
+		esac
+		group_lock "$@"
+		rc=$?
+		step_C8_unlock
+		exit $rc
+	)
+}
+
+# group_left STATE WHAT prints DIR's line when the lock of the tree D could
+# not be taken (STATE, WHAT it found there): the group is left alone.
+group_left() {
+	found="transaction $g_id over $g_list: $D: $2"
+	state=$1 action="left alone" nlost=0 note=''
+	D=$g_D
+	report not
+	[ "$1" = "in progress" ] || person "$found"
+}
+
+# group_work recovers every tree of the group, every lock held: each other
+# tree by its own row, in the group's order, then the record; DIR in its
+# turn. Once every tree is final, with no content lost, it removes the
+# markers. It prints DIR's line.
+group_work() {
+	g_why='' g_lost='' n_done=0 n_nlost=0 n_failed=''
+	set -f
+	set --
+	for e in $g_trees; do
+		decode "$e"
+		set -- "$@" "$dp"
+	done
+	set +f
+	g_all=$g_trees
+	t=$1
+	shift
+	set -- "$@" "$t"
+	for t; do
+		if [ "$t" = "$g_D" ]; then
+			group_this
+		else
+			group_other "$t"
+		fi
+		case $? in
+		0) ;;
+		3) g_lost="$g_lost${g_lost:+; }$D: rolled back, but the old content of $nlost file(s) written in place is lost (the failed tree is kept at $failed)" ;;
+		*)
+			g_why="$D: $why"
+			break ;;
+		esac
+	done
+	group_restore
+	nlost=$n_nlost failed=$n_failed
+	did=not
+	[ "$n_done" = 1 ] && did=did
+	if [ -n "$g_why" ]; then
+		report $did
+		person "$g_why"
+		return 125
+	fi
+	if [ -n "$g_lost" ]; then
+		# As treetx: the markers stay (garbage now, for a later
+		# recovery), and the status says content was lost.
+		report did
+		printf '%s: %s\n' "$prog" "$g_lost" >&2
+		return 125
+	fi
+	# The group is over: every tree final, every journal gone.
+	set -f
+	for e in $g_all; do
+		decode "$e"
+		D=$dp
+		names
+		run rm -f -- "$pp/${pre}group" || g_why="$g_why${g_why:+; }remove $pp/${pre}group: $out"
+	done
+	set +f
+	D=$g_D
+	names
+	report did
+	if [ -n "$g_why" ]; then
+		person "$g_why"
+		return 125
+	fi
+	return 0
+}
+
+# group_this recovers DIR in its turn: as classified before the other
+# trees' locks were taken. Returns as group_other does.
+group_this() {
+	group_restore
+	group_act "$g_mode" || return 1
+	n_done=1 n_nlost=$nlost n_failed=$failed
+	[ "$nlost" -gt 0 ] && return 3
+	return 0
+}
+
+# group_other TREE recovers one of the group's trees but DIR, as recover's
+# recoverGroup does (classify, plan, apply), silently. Its journal, if it
+# has one of this group, is finished as its record decides; another
+# transaction's is left (that tree is done with this one); without one,
+# what is left beside it goes, unless it is a marker of this group (row
+# 30, removed with the others at the end). Returns 0 (done, or nothing to
+# do), 3 (rolled back, content lost) or 1, why set (it needs a person, or
+# failed).
+group_other() {
+	D=$1
+	names
+	manifest_ok=0 nlost=0 failed='' jid='' phase='' jgid='-' jgn=0 jtrees='' mk_garbage=''
+	if exists "$G" && ! check_file "$G"; then # row 17
+		why=$bad
+		return 1
+	fi
+	if exists "$J"; then
+		read_journal
+		case $? in
+		0) ;;
+		1) why=$jerr; return 1 ;;
+		*) why=$bad; return 1 ;;
+		esac
+		[ "$jgid" = "$g_id" ] || return 0
+		check_shadow
+		if [ -n "$problem" ]; then
+			why="an interrupted $who in phase $phase, but $problem; nothing done: inspect it, and the names $pre* beside it"
+			return 1
+		fi
+		if ! group_decide; then
+			why=$found
+			return 1
+		fi
+		mode=own
+		[ "$g_row29" = 1 ] && mode=commit
+		group_act "$mode" || return 1
+		[ "$nlost" -gt 0 ] && return 3
+		return 0
+	fi
+	if exists "$pp/${pre}group"; then
+		if read_marker "$pp/${pre}group" && marker_unfinished; then
+			return 0 # row 30
+		fi
+		mk_garbage=${pre}group
+	fi
+	if exists "$CPL"; then # row 4
+		why="$CPL exists but no journal claims it, so it was not made by treetx and is never installed; move it away"
+		return 1
+	fi
+	remove_leftovers || {
+		why="remove leftovers: $why"
+		return 1
+	}
+}
+
+# group_act MODE finishes the transaction of the tree D, whose journal is
+# read and checked (check_shadow): MODE commit commits a journal still in
+# phase running first (row 29), own finishes it as its phase says. As root,
+# on a journal another user owns, as that user (rule T3: --group-tree).
+# Sets nlost and failed; returns 1 with why set if it failed.
+group_act() {
+	failed=''
+	if [ "$am_root" = 0 ] || [ "$jowner" = 0 ]; then
+		group_steps "$1"
+		return
+	fi
+	self_body || return 1
+	ga_out=$(as_user "$jowner" sh -c "$body" "$0" --group-tree "$jowner" "$D" "$1" </dev/null)
+	ga_rc=$?
+	case $ga_rc:$ga_out in
+	0:"done "[0-9]*) nlost=${ga_out#done } ;;
+	125:?*) why=$ga_out; return 1 ;;
+	*)
+		why="the recovery as uid $jowner, the journal's owner, exited $ga_rc (setpriv could not run it, or it was killed)"
+		return 1 ;;
+	esac
+	[ "$nlost" -gt 0 ] && failed=$pp/${pre}failed.$jid
+	return 0
+}
+
+# group_steps MODE takes the steps of group_act, as the identity it runs
+# with.
+group_steps() {
+	failed=''
+	if [ "$1" = commit ] && [ "$phase" = running ]; then
+		step_C3_commit || return 1
+	fi
+	case $phase in
+	snapshot | commit)
+		step_C4_discard || return 1
+		nlost=0 ;;
+	running) step_R2_rollback ;;
+	rollback) put_back ;;
+	esac
+}
+
+# step C3: row 29: the group's record says commit, so this tree's journal,
+# still saying running, is made to say commit too, durably, before its
+# shadow goes (protocol's FinishCommitted): a crash after it leaves row 14.
+step_C3_commit() {
+	newj=$(printf '%s' "$jtext" | awk -v mode=commit "$journal_awk" 2>&1) || {
+		why="journal $J: $newj"
+		return 1
+	}
+	write_journal "$newj" || return 1
+	phase=commit
+}
+
+# group_held tells whether DIR's lock file is held exclusively by another
+# open file: the one a parent of this process took (a shared try fails).
+group_held() {
+	check_file "$L" || return 1
+	{ command exec 9<"$L"; } 2>/dev/null || return 1
+	if ! fd9_looked; then
+		exec 9<&-
+		return 1
+	fi
+	flock -n -s -E 200 9
+	gh_rc=$?
+	exec 9<&-
+	[ "$gh_rc" = 200 ]
+}
+
+# group_tree_as_owner DIR MODE is group_act's child (rule T3): with the
+# identity of the journal's owner, it reads and checks DIR's journal again
+# and takes the steps (group_steps). It prints "done NLOST", or why not
+# and exits 125.
+group_tree_as_owner() {
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0
+	case $1 in /?*) ;; *) usage ;; esac
+	case $2 in own | commit) ;; *) usage ;; esac
+	D=$1
+	names
+	if [ "$(id -u)" != "$as_owner" ] || ! group_held; then
+		printf '%s: %s: --group-tree is run by this script as uid %s, a parent holding the lock\n' "$prog" "$D" "$as_owner" >&2
+		return 125
+	fi
+	read_journal
+	case $? in
+	0) ;;
+	1) printf '%s\n' "$jerr"; return 125 ;;
+	*) printf '%s\n' "$bad"; return 125 ;;
+	esac
+	if [ "$jowner" != "$as_owner" ]; then
+		printf '%s\n' "$J: expected a journal owned by uid $as_owner, found one owned by uid $jowner (it was replaced)"
+		return 125
+	fi
+	check_shadow
+	if [ -n "$problem" ]; then
+		printf '%s\n' "an interrupted $who in phase $phase, but $problem; nothing done"
+		return 125
+	fi
+	if ! group_steps "$2"; then
+		printf '%s\n' "$why"
+		return 125
+	fi
+	printf 'done %s\n' "$nlost"
+}
+
 case $as_owner in
 '') ;;
 *[!0-9]*) usage ;;
 *)
+	if [ "$group_tree" = 1 ]; then
+		group_tree_as_owner "$1" "$2"
+		exit
+	fi
 	recover_as_owner "$1"
 	exit ;;
 esac
