@@ -321,6 +321,13 @@ func recoverDir(dir string, opts Options, gc *GCOptions) (*Report, error) {
 	if r.State == StateNeedsPerson {
 		return r, fmt.Errorf("%s: %w: %s", n.Dir, ErrNeedsPerson, r.Found)
 	}
+	if r.Group != nil && r.Journal == nil {
+		// Row 30 under the lock: the marker's group became unfinished
+		// after the look above (a race with a new group): leave it to
+		// a recovery of the record, as a live transaction's.
+		r.Action = "left alone"
+		return r, fmt.Errorf("%s: %w: %s", n.Dir, ErrBusy, r.Found)
+	}
 	if r.Group != nil {
 		return recoverGroup(n, r, opts, verb)
 	}
