@@ -153,10 +153,11 @@ function oneline(s) { gsub(/[\001-\037]/, "?", s); return s }
 # line, in the order of layout.Journal (internal/layout). The layout is checked line by line, and
 # every value as the Go reader checks it; anything else is refused. mode=parse
 # prints "ok", the id, the phase, the shadow's device and inode, the number
-# of lost files and a description, one a line; or "corrupt REASON" or
-# "future VERSION". mode=rewrite prints the journal with phase rollback and
-# the lost list read after it (manifest-escaped paths, one a line, from the
-# second operand), as Go would write it.
+# of lost files, a description, the mode (hardlink or snapshot) and the
+# id of the shadow's btrfs subvolume ("-" without subvols), one a line; or
+# "corrupt REASON" or "future VERSION". mode=rewrite prints the journal
+# with phase rollback and the lost list read after it (manifest-escaped
+# paths, one a line, from the second operand), as Go would write it.
 # shellcheck disable=SC2016
 journal_awk=$lib_awk'
 function fail(m) { print "corrupt " m; exit 1 }
@@ -193,6 +194,31 @@ function line(want) {
 	if (i > n) fail("truncated: want " want)
 	if (L[i] != want) fail("line " i ": want " want)
 	i++
+}
+# tfield reads line i as IND"KEY": VALUE, with a comma (then more is 1) or
+# without (more 0).
+function tfield(ind, key,   p, v) {
+	p = ind "\"" key "\": "
+	v = L[i]
+	if (substr(v, 1, length(p)) != p) fail("line " i ": want \"" key "\"")
+	v = substr(v, length(p) + 1)
+	more = (substr(v, length(v)) == ",")
+	if (more) v = substr(v, 1, length(v) - 1)
+	i++
+	return v
+}
+# lastof tells whether the list that starts at line i ends with a (0) or
+# b (1), a list item being a line that starts with four spaces.
+function lastof(a, b,   k) {
+	for (k = i; k <= n && substr(L[k], 1, 4) == "    "; k++) ;
+	return k <= n && L[k] == b
+}
+# subvol reads the "id" and "uuid" lines of a subvolume and returns the id.
+function subvol(ind,   v, u) {
+	v = field(ind, "id"); if (!isuint(v) || v == "0") fail("bad subvolume id " v)
+	u = field(ind, "uuid", 1)
+	if (u !~ /^"[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]"$/) fail("bad subvolume uuid " u)
+	return v
 }
 # strlist reads the items of a string array opened on the line before, up
 # to its closing line cl; it returns their count and keeps them in S.
@@ -255,30 +281,61 @@ END {
 	if (phase !~ /^"(snapshot|running|commit|rollback)"$/) fail("unknown phase " phase)
 	line("  \"dir\": {")
 	v = field("    ", "dev"); if (!isuint(v)) fail("bad dir dev")
-	v = field("    ", "ino", 1); if (!isuint(v)) fail("bad dir ino")
+	dino = field("    ", "ino", 1); if (!isuint(dino)) fail("bad dir ino")
 	line("  },")
 	line("  \"shadow\": {")
 	sdev = field("    ", "dev"); if (!isuint(sdev)) fail("bad shadow dev")
 	isino = i
 	sino = field("    ", "ino", 1); if (!isuint(sino)) fail("bad shadow ino")
 	if (sino == "0") fail("no shadow inode")
-	nl = 0
-	if (i <= n && L[i] == "  },") {
+	# Then, each optional and each followed by a comma but the last:
+	# "lost", "mode" (snapshot), "subvols" (btrfs).
+	nl = 0; jmode = "hardlink"; ssub = "-"
+	more = 0
+	if (i <= n && L[i] == "  },") { more = 1; i++ } else line("  }")
+	if (more && i <= n && L[i] == "  \"lost\": [") {
 		i++
-		if (i <= n && L[i] == "  \"lost\": [") { i++; nl = strlist("  ]") }
-		else { v = field("  ", "lost", 1); if (v != "null" && v != "[]") fail("bad lost") }
-	} else line("  }")
+		more = (i <= n && lastof("  ]", "  ],"))
+		nl = strlist(more ? "  ]," : "  ]")
+	} else if (more && i <= n && L[i] ~ /^  "lost": /) {
+		v = tfield("  ", "lost"); if (v != "null" && v != "[]") fail("bad lost")
+	}
+	itail = i
+	if (more && i <= n && L[i] ~ /^  "mode": /) {
+		v = tfield("  ", "mode"); if (v != "\"snapshot\"") fail("unknown mode " v)
+		jmode = "snapshot"
+	}
+	if (more && i <= n && L[i] == "  \"subvols\": {") {
+		i++
+		line("    \"dir\": {")
+		did = subvol("      "); line("    },")
+		line("    \"shadow\": {")
+		ssub = subvol("      "); line("    }")
+		line("  }")
+		more = 0
+	}
+	if (more) fail("line " i ": a field expected after the comma")
+	iend = i
 	line("}")
 	if (i <= n) fail("line " i ": after the end")
+	if (jmode == "snapshot") {
+		if (ssub == "-") fail("a snapshot without its subvolumes")
+		if (sino != "256" || dino != "256") fail("a snapshot whose roots are not subvolume roots (inode 256)")
+		if (did == ssub) fail("a snapshot in the subvolume of the directory itself")
+	}
 	if (mode == "rewrite") {
 		for (k = 1; k <= isino; k++) print (k == iphase ? "  \"phase\": \"rollback\"," : L[k])
 		nl = nq
-		if (nl == 0) print "  }"
+		tail = (itail < iend)
+		if (nl == 0 && !tail) print "  }"
 		else {
 			print "  },"
-			print "  \"lost\": ["
-			for (k = 1; k <= nl; k++) print "    " jsonstr(Q[k]) (k < nl ? "," : "")
-			print "  ]"
+			if (nl > 0) {
+				print "  \"lost\": ["
+				for (k = 1; k <= nl; k++) print "    " jsonstr(Q[k]) (k < nl ? "," : "")
+				print (tail ? "  ]," : "  ]")
+			}
+			for (k = itail; k < iend; k++) print L[k]
 		}
 		print "}"
 		exit 0
@@ -290,6 +347,8 @@ END {
 	print sino
 	print nl
 	print oneline("transaction " substr(id, 2, 16) " (pid " pid " on " jdec(host) ", " cmd ", since " rfc3339(start) ")")
+	print jmode
+	print ssub
 }'
 
 # The holder record in a lock file, as lock.Acquire writes it (compact JSON
@@ -792,8 +851,26 @@ self_body() {
 	return 1
 }
 
-# fileid prints "DEV INO" of a path, not following a symlink.
-fileid() { stat -c '%d %i' -- "$1" 2>/dev/null; }
+# fileid prints the identity of a path, not following a symlink, as the
+# journal read records its shadow's (sid): "DEV INO"; where the journal
+# names btrfs subvolumes, "subvol ID INO" with the id of the subvolume
+# that holds it (btrfs inspect-internal rootid: device numbers change
+# across a remount; docs/protocol.md, "The journal"). Only a directory has
+# a subvolume identity.
+fileid() {
+	if [ "${ssub:--}" = - ]; then
+		stat -c '%d %i' -- "$1" 2>/dev/null
+		return
+	fi
+	fi_out=$(stat -c '%f %i' -- "$1" 2>/dev/null) || return 1
+	typeof "${fi_out% *}"
+	[ "$ty" = dir ] || { echo "$ty ${fi_out#* }"; return 0; }
+	fi_sub=$(btrfs inspect-internal rootid -- "$1" 2>/dev/null </dev/null) || { echo "unknown ${fi_out#* }"; return 0; }
+	echo "subvol $fi_sub ${fi_out#* }"
+}
+
+# is_snapshot tells whether the journal read is in snapshot mode.
+is_snapshot() { [ "${jmode-}" = snapshot ]; }
 
 is_id() {
 	case $1 in '' | *[!0-9a-f]*) return 1 ;; esac
@@ -864,10 +941,19 @@ rename_noreplace() {
 # expect_shadow_at PATH checks that PATH is the journal's shadow.
 expect_shadow_at() {
 	run stat -c '%d %i' -- "$1" || { why="shadow $1: $out"; return 1; }
-	if [ "$out" != "$sdev $sino" ]; then
+	if [ "$ssub" = - ] && [ "$out" != "$sid" ]; then
 		why="$1 is not the shadow the journal records (inode ${out#* } on device ${out% *}; journal: inode $sino on device $sdev)"
 		return 1
 	fi
+	[ "$ssub" = - ] && return 0
+	out=$(fileid "$1")
+	[ "$out" = "$sid" ] && return 0
+	case $out in
+	"subvol "*) es_where="in subvolume ${out#subvol }"; es_where=${es_where% *} ;;
+	*) es_where="not in a subvolume treetx can name" ;;
+	esac
+	why="$1 is not the shadow the journal records (inode ${out##* } $es_where; journal: inode $sino in subvolume $ssub)"
+	return 1
 }
 
 # make_removable gives every directory of a tree its owner's write and
@@ -880,8 +966,17 @@ make_removable() (
 )
 
 # remove_here deletes a tree under a removal name, never following symlinks
-# nor crossing into another file system.
+# nor crossing into another file system. A btrfs subvolume (a snapshot
+# shadow, or the tree it replaced) goes with btrfs subvolume delete where
+# this user may (root; or a file system mounted user_subvol_rm_allowed);
+# otherwise, or without btrfs-progs, rm deletes what is in it, then the
+# emptied subvolume (rmdir, Linux 4.18), as treetx does.
 remove_here() {
+	if [ -d "$1" ] && ! [ -L "$1" ] && [ "$(stat -c %i -- "$1" 2>/dev/null)" = 256 ] &&
+		[ "$(stat -f -c %T -- "$1" 2>/dev/null)" = btrfs ] && command -v btrfs >/dev/null 2>&1 &&
+		run btrfs subvolume delete -- "$1"; then
+		return 0
+	fi
 	if [ "$am_root" = 0 ] && [ -d "$1" ] && ! [ -L "$1" ]; then
 		make_removable "$1" 2>/dev/null
 	fi
@@ -1312,7 +1407,7 @@ step_R4_swap() {
 	fi
 	if [ "$have_exchange" = 1 ]; then
 		run mv --exchange -T -- "$CPL" "$D" && return 0
-		if [ "$(fileid "$D")" = "$sdev $sino" ]; then return 0; fi
+		if [ "$(fileid "$D")" = "$sid" ]; then return 0; fi
 		case $out in
 		*"Invalid argument"* | *"not supported"*) ;;
 		*"No such file"*)
@@ -1335,19 +1430,19 @@ step_R4_swap() {
 # its inode, so it resumes wherever a crash left it.
 put_back() {
 	swapped=0
-	if exists "$D" && [ "$(fileid "$D")" = "$sdev $sino" ]; then
+	if exists "$D" && [ "$(fileid "$D")" = "$sid" ]; then
 		swapped=1
 	else
 		expect_shadow_at "$CPL" || return 1
 	fi
 	failed=$pp/${pre}removing.$jid
 	[ "$nlost" -gt 0 ] && failed=$pp/${pre}failed.$jid
-	check_manifest || return 1
+	is_snapshot || check_manifest || return 1
 	if [ "$swapped" = 0 ]; then
-		step_R3_restore "$CPL" || return 1
+		is_snapshot || step_R3_restore "$CPL" || return 1
 		step_R4_swap || return 1
 	else
-		step_R3_restore "$D" || return 1
+		is_snapshot || step_R3_restore "$D" || return 1
 	fi
 	step_R5_syncfs || return 1
 	step_R6_put_away || return 1
@@ -1364,7 +1459,7 @@ step_R5_syncfs() {
 step_R6_put_away() {
 	exists "$CPL" || return 0
 	run stat -c '%d %i' -- "$CPL" || { why="stat $CPL: $out"; return 1; }
-	if [ "$out" = "$sdev $sino" ]; then
+	if [ "$(fileid "$CPL")" = "$sid" ]; then
 		why="$CPL still holds the shadow after the exchange"
 		return 1
 	fi
@@ -1400,8 +1495,11 @@ EOF
 # rollback, put the shadow back (R3..R7).
 step_R2_rollback() {
 	expect_shadow_at "$CPL" || return 1
-	check_manifest || return 1
-	step_R1_changed "$CPL" || return 1
+	lost='' nlost=0
+	if ! is_snapshot; then
+		check_manifest || return 1
+		step_R1_changed "$CPL" || return 1
+	fi
 	newj=$(rewrite_journal 2>&1) || { why="journal $J: $newj"; return 1; }
 	write_journal "$newj" || return 1
 	put_back
@@ -1570,7 +1668,8 @@ read_journal() {
 }
 
 # parse_journal sets jres to what journal_awk says of jtext, and from it
-# jid, phase, sdev, sino, nlost and who.
+# jid, phase, sdev, sino, nlost, who, jmode, ssub, and sid: the shadow's
+# identity as fileid prints it.
 parse_journal() {
 	case $jtext in
 	*"$soh"*) jres="corrupt a NUL or control byte" ;;
@@ -1585,7 +1684,9 @@ parse_journal() {
 		set -- $jres
 		IFS=$oifs
 		set +f
-		jid=$2 phase=$3 sdev=$4 sino=$5 nlost=$6 who=$7
+		jid=$2 phase=$3 sdev=$4 sino=$5 nlost=$6 who=$7 jmode=$8 ssub=$9
+		sid="$sdev $sino"
+		[ "$ssub" = - ] || sid="subvol $ssub $sino"
 		return 0 ;;
 	future*) jerr="$J: journal is from a newer version of treetx (version ${jres#future }; this script reads version 1)" ;;
 	*) jerr="$J: journal is unreadable or corrupt: ${jres#corrupt }" ;;
@@ -1642,7 +1743,11 @@ at() {
 	at_there=0 at_ok=0 at_type=none at_uid=''
 	if look "$1"; then
 		at_there=1 at_type=$lk_type at_uid=$lk_uid
-		[ "$lk_id" = "$sdev $sino" ] && at_ok=1
+		if [ "$ssub" = - ]; then
+			[ "$lk_id" = "$sid" ] && at_ok=1
+		elif [ "$lk_ino" = "$sino" ] && [ "$(fileid "$1")" = "$sid" ]; then
+			at_ok=1
+		fi
 	fi
 }
 
@@ -1655,6 +1760,10 @@ at() {
 # confined to the shadow (rule T4) when a rollback needs it.
 check_shadow() {
 	problem='' sroot=''
+	if [ "$ssub" != - ] && ! command -v btrfs >/dev/null 2>&1; then
+		problem="the journal names btrfs subvolumes, and btrfs (btrfs-progs) is not found: it is needed to tell its trees"
+		return
+	fi
 	if exists "$JT"; then
 		# A stale temporary journal is removed by name before the next
 		# journal write (rm never follows it), whatever it is, as treetx
@@ -1697,11 +1806,13 @@ check_shadow() {
 		else
 			problem="the shadow (inode $sino) is neither at $CPL nor at $D"
 		fi
-		if [ -z "$problem" ] && ! exists "$M"; then
+		if [ -n "$problem" ] || is_snapshot; then
+			:
+		elif ! exists "$M"; then
 			problem="its manifest $M is missing"
-		elif [ -z "$problem" ] && ! check_manifest; then
+		elif ! check_manifest; then
 			problem="its manifest is unusable: manifest is corrupt or incomplete: ${mres#bad }"
-		elif [ -z "$problem" ] && ! verify "$sroot"; then
+		elif ! verify "$sroot"; then
 			problem="its manifest is unusable: $why"
 		fi ;;
 	esac
@@ -1734,7 +1845,7 @@ names() {
 }
 
 recover_one() {
-	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0 jmode=hardlink ssub=- sid=''
 	if ! resolve "$1"; then
 		printf '%s: %s: no such directory, nor a parent holding treetx'"'"'s names for it\n' "$prog" "$1" >&2
 		return 125
@@ -1796,7 +1907,7 @@ recover_one() {
 # recover_as_owner DIR is the recovery of DIR run by recover_as (rule T3):
 # with the identity of the journal's owner, the lock held on descriptor 9.
 recover_as_owner() {
-	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0 jmode=hardlink ssub=- sid=''
 	case $1 in /?*) ;; *) usage ;; esac
 	D=$1
 	names
@@ -1865,6 +1976,7 @@ recover_locked() {
 		rollback) found="an interrupted rollback of $who" action="finish the rollback" ;;
 		commit) found="an interrupted commit of $who" action="finish the commit (the new tree is durable)" ;;
 		esac
+		is_snapshot && found="$found; its shadow is a btrfs snapshot (subvolume $ssub)"
 		if [ "$dry" = 1 ]; then
 			nlost=0
 			report would
