@@ -1,11 +1,13 @@
 package txn_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -399,4 +401,55 @@ func crashStepAfterBegin(t *testing.T, img *testenv.Image, build func(string) er
 	}
 	t.Fatalf("no running journal among %v", ops)
 	return 0
+}
+
+// TestSnapshotErrorsAtEveryStep fails each step of a transaction in
+// snapshot mode (commit and rollback paths) with an errno a file system
+// returns there (ENOSPC for the snapshot and the subvolume deletion, a full
+// btrfs's): the error must carry it and a path, and recovery must then
+// reach the old tree (the new one past the commit point) with nothing
+// left. A subvolume deletion that fails is not an error: the tree is
+// deleted entry by entry instead.
+func TestSnapshotErrorsAtEveryStep(t *testing.T) {
+	testenv.Require(t, testenv.Btrfs)
+	img := btrfsImage(t)
+	old, new := subvolImages(t, img)
+	errnos := []syscall.Errno{unix.ENOSPC, unix.EIO, unix.EACCES, unix.EXDEV}
+	checked := 0
+	for _, path := range []string{"commit", "rollback"} {
+		ops, commitPoint, _ := snapDryRun(t, img, path)
+		for _, op := range ops {
+			errno := errnos[op.Step%len(errnos)]
+			if op.Kind == "snapshot" || op.Kind == "deletesubvolume" {
+				errno = unix.ENOSPC
+			}
+			dir := newSubvolSample(t, img)
+			err := transact(dir, path, &fsystest.FS{FailAt: op.Step, FailErr: errno})
+			switch {
+			case err == nil && (op.Kind == "deletesubvolume" || op.Kind == "renameat2" && strings.Contains(op.Path2, ".removing.")):
+				// The fallbacks: entry by entry; in place.
+			case err == nil:
+				t.Errorf("%s: %s failing with %v: the transaction succeeded", path, op, errno)
+				continue
+			case !errors.Is(err, errno) || !strings.Contains(err.Error(), "/"):
+				t.Errorf("%s: %s failing with %v: error %q does not carry the errno and a path", path, op, errno, err)
+			}
+			if _, err := txrecover.Recover(dir, txrecover.Options{}); err != nil {
+				t.Errorf("%s: %s failing with %v: recover: %v", path, op, errno, err)
+				continue
+			}
+			want, opts := old, treeimage.Options{}
+			if commitPoint > 0 && op.Step > commitPoint {
+				want, opts = new, treeimage.Options{IgnoreDirMtime: true}
+			}
+			if d := want.Diff(treeimage.MustCapture(t, dir, opts)); d != nil {
+				t.Errorf("%s: %s failing with %v, then recover: %v", path, op, errno, d[:min(len(d), 4)])
+			}
+			if left := leftovers(t, dir); left != nil {
+				t.Errorf("%s: %s failing with %v, then recover: left behind %v", path, op, errno, left)
+			}
+			checked++
+		}
+	}
+	t.Logf("snapshot mode: %d failed steps checked", checked)
 }

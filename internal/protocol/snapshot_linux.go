@@ -102,7 +102,7 @@ func (tx *Tx) beginSnapshot(dirfd int) error {
 		return err
 	}
 	if err := tx.setPhase("B4", layout.PhaseSnapshot); err != nil {
-		return err
+		return fmt.Errorf("B4: %w", err)
 	}
 	// B5: nothing to build.
 	// Step: the snapshot is durable before it is named complete (the
@@ -116,10 +116,10 @@ func (tx *Tx) beginSnapshot(dirfd int) error {
 		return fmt.Errorf("B7: rename %s to %s: %w", n.Path(n.Incomplete), n.Complete, err)
 	}
 	if err := tx.fsyncParent("B7"); err != nil {
-		return err
+		return fmt.Errorf("B7: %w", err)
 	}
 	if err := tx.setPhase("B8", layout.PhaseRunning); err != nil {
-		return err
+		return fmt.Errorf("B8: %w", err)
 	}
 	if err := unix.Fstatat(tx.pfd, n.Journal, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		tx.started = st.Mtim
