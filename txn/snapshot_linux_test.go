@@ -94,10 +94,12 @@ func TestSnapshotMode(t *testing.T) {
 		name   string
 		commit bool
 		mode   txn.Mode
+		subvol bool // the command makes a subvolume in the tree
 	}{
-		{"commit", true, ""},
-		{"rollback", false, txn.ModeAuto},
-		{"rollback, --mode snapshot", false, txn.ModeSnapshot},
+		{"commit", true, "", false},
+		{"rollback", false, txn.ModeAuto, false},
+		{"rollback, --mode snapshot", false, txn.ModeSnapshot, false},
+		{"rollback of a command that made a subvolume", false, txn.ModeAuto, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := newSubvolSample(t, img)
@@ -121,6 +123,13 @@ func TestSnapshotMode(t *testing.T) {
 			}
 			if err := mutate(dir); err != nil {
 				t.Fatal(err)
+			}
+			if tt.subvol {
+				// The failed tree then holds it: its deletion must not stop
+				// there (the subvolume deletion refuses it: ENOTEMPTY).
+				if err := treeimage.BuildSampleSubvolume(filepath.Join(dir, "mod", "made")); err != nil {
+					t.Fatal(err)
+				}
 			}
 			want, opts := old, treeimage.Options{}
 			var res *txn.Result
