@@ -16,17 +16,13 @@ import (
 // snapshot under the name Incomplete. Rows 9, 16 and 17 (refusals) are the
 // same in both modes.
 
-// snapshotRows maps a row of hard-link mode to the row of the same state in
-// snapshot mode.
-var snapshotRows = map[string]string{
-	"5": "19", "6": "20", "7": "21", "8": "22", "10": "23",
-	"11": "24", "12": "25", "13": "26", "14": "27", "15": "28",
-}
-
 // snapshotRow is the row of the state, in the mode of the journal j, that
-// checkShadow named row in hard-link mode's terms.
+// checkShadow named row in hard-link mode's terms: in snapshot mode, the
+// row of the same phase and names.
 func snapshotRow(j *layout.Journal, row string) string {
-	if r, ok := snapshotRows[row]; ok && j.IsSnapshot() {
+	// rows 19, 20, 21, 22, 23, 24, 25, 26, 27, 28: those of rows 5..8, 10..15
+	same := map[string]string{"5": "19", "6": "20", "7": "21", "8": "22", "10": "23", "11": "24", "12": "25", "13": "26", "14": "27", "15": "28"}
+	if r, ok := same[row]; ok && j.IsSnapshot() {
 		return r
 	}
 	return row

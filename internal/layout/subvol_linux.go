@@ -3,7 +3,6 @@ package layout
 import (
 	"errors"
 	"fmt"
-	"regexp"
 
 	"golang.org/x/sys/unix"
 
@@ -133,7 +132,26 @@ func (j *Journal) HoldsShadow(pfd int, name string, st *unix.Stat_t) bool {
 	return j.holds(pfd, name, st, j.Shadow, sv)
 }
 
-var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+// isUUID reports whether s is a UUID as btrfs.FormatUUID writes one:
+// 8-4-4-4-12 lowercase hex digits.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // checkMode checks the mode and subvolume fields of a journal read: a
 // known mode, well-formed subvolumes, and for a snapshot both, with the
@@ -146,7 +164,7 @@ func (j *Journal) checkMode() error {
 	}
 	if sv := j.Subvols; sv != nil {
 		for _, s := range []Subvol{sv.Dir, sv.Shadow} {
-			if s.ID == 0 || !uuidRE.MatchString(s.UUID) {
+			if s.ID == 0 || !isUUID(s.UUID) {
 				return fmt.Errorf("bad subvolume %+v", s)
 			}
 		}
