@@ -151,13 +151,21 @@ func (tx *Tx) subvols(dirfd int, name string) (*layout.Subvols, error) {
 }
 
 // recordSubvols records, in hard-link mode, the subvolumes of the
-// directory and of the shadow just made (B3) where they are on btrfs.
+// directory and of the shadow just made (B3) where they are on btrfs. Where
+// they cannot be named (a kernel before 4.18 has no
+// BTRFS_IOC_GET_SUBVOL_INFO), the journal identifies the trees by device
+// and inode numbers, as on other file systems.
 func (tx *Tx) recordSubvols() error {
 	fd, err := unix.Openat(tx.pfd, tx.n.Base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("B3: open %s: %w", tx.n.Dir, err)
 	}
 	defer unix.Close(fd)
-	tx.j.Subvols, err = tx.subvols(fd, tx.n.Incomplete)
-	return err
+	sv, err := tx.subvols(fd, tx.n.Incomplete)
+	if err != nil {
+		tx.log.Debug("subvolumes not named: the journal identifies the trees by device numbers", "err", err)
+		return nil
+	}
+	tx.j.Subvols = sv
+	return nil
 }
