@@ -26,6 +26,7 @@ type runOptions struct {
 	fullCheck   bool
 	verbose     bool
 	quiet       bool
+	mode        string
 }
 
 func newRunCommand() *cobra.Command {
@@ -36,7 +37,8 @@ func newRunCommand() *cobra.Command {
 		Short:                 "Run COMMAND as one atomic, crash-safe transaction on DIR",
 		Long: `Run COMMAND as one atomic, crash-safe transaction on the tree DIR.
 
-treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
+treetx locks DIR, builds a hard-link shadow of it beside it (where DIR is
+the root of a btrfs subvolume, a snapshot of it: --mode), and runs COMMAND
 (in the current directory, with the current environment). If COMMAND exits 0
 its changes are made durable and kept; otherwise DIR is put back exactly as it
 was. After a crash, run: treetx recover DIR.
@@ -71,6 +73,9 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 			if err := dirsCommandArgs(cmd, args, "treetx run DIR [DIR...] -- COMMAND [ARG...]", true); err != nil {
 				return err
 			}
+			if _, err := layout.ParseMode(o.mode); err != nil {
+				return usageErrorf("run: --mode: %v (see %s --help)", err, cmd.CommandPath())
+			}
 			dash := cmd.ArgsLenAtDash()
 			return runRun(cmd.Context(), args[:dash], args[dash:], o, cmd.ErrOrStderr())
 		},
@@ -84,6 +89,8 @@ files written in place whose old content is lost; 64 for a bad command line.`,
 	f.BoolVar(&o.fullCheck, "full-check", false, "at the end, check every linked file for writes in place and changed metadata, not only those the file-system watch saw touched (as root)")
 	f.BoolVar(&o.noCVSCopies, "no-cvs-copies", false, "in a CVS repository, do not copy CVSROOT/history, CVSROOT/val-tags and CVS/fileattr by default")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log every step of the protocol to stderr")
+	f.StringVar(&o.mode, "mode", "auto", "how the shadow is made: `auto` (a btrfs snapshot where DIR is the root of a subvolume, else hard links), snapshot or hardlink")
+	c.RegisterFlagCompletionFunc("mode", cobra.FixedCompletions([]string{"auto", "snapshot", "hardlink"}, cobra.ShellCompDirectiveNoFileComp))
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "say nothing on stderr when COMMAND is committed or rolled back as usual; only what needs attention (lost content, lock not had, a failure of treetx's own)")
 	return c
 }
@@ -94,7 +101,7 @@ func runRun(ctx context.Context, dirs []string, argv []string, o *runOptions, st
 		Exclude: o.exclude, Copy: o.copy, NoCVSCopies: o.noCVSCopies,
 		LockTimeout: o.wait.wait(), NoWait: o.wait.wait() == 0, Command: argv,
 		Logger: newLogger(o.verbose, stderr), DeferRemoval: !o.waitCleanup, AllowOwnerChange: o.ownerChange,
-		FullCheck: o.fullCheck,
+		FullCheck: o.fullCheck, Mode: txn.Mode(o.mode),
 	}}
 	// The progress line is erased before the command starts, so that
 	// nothing of it stays among the command's output, and before any

@@ -492,7 +492,7 @@ func TestRecoverTwoAtOnce(t *testing.T) {
 
 // statusFields are the fields of the JSON of status and recover, as
 // docs/protocol.md lists them: every one always present.
-var statusFields = []string{"dir", "state", "row", "phase", "lock_held", "holder", "journal", "found", "action", "plan", "done", "removed", "lost", "kept", "error", "group"}
+var statusFields = []string{"dir", "state", "row", "phase", "lock_held", "holder", "journal", "found", "action", "plan", "done", "removed", "lost", "kept", "error", "mode", "group"}
 
 var holderFields = []string{"pid", "host", "user", "command", "since", "running"}
 

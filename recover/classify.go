@@ -57,7 +57,7 @@ func classify(n layout.Names) (*Report, error) {
 		r.Journal, r.Phase = j, j.Phase
 		who := fmt.Sprintf("transaction %s (pid %d on %s, %s, since %s)", j.ID, j.PID, command.Show([]string{j.Host}), command.Show(j.Command), j.Start.Format(time.RFC3339))
 		row, shadowAt, problem := checkShadow(n, pfd, j, present)
-		r.Row, r.shadowAt = row, shadowAt
+		r.Row, r.shadowAt, r.Mode = snapshotRow(j, row), shadowAt, j.ShownMode()
 		if problem != "" {
 			r.State = StateNeedsPerson
 			r.Found = fmt.Sprintf("an interrupted %s in phase %s, but %s; nothing done: inspect it, and the names %s%s.* beside it", who, j.Phase, problem, layout.Prefix, n.Base)
@@ -78,6 +78,7 @@ func classify(n layout.Names) (*Report, error) {
 			r.Found = "an interrupted commit of " + who
 			r.Action = "finish the commit (the new tree is durable)"
 		}
+		r.Found += snapshotFound(j)
 		if j.Group != nil { // rows 29, 30, 31
 			r.Found += fmt.Sprintf(", one of the %d trees of transaction %s", len(j.Group.Trees), j.Group.ID)
 			classifyGroup(n, r, j)
@@ -137,8 +138,11 @@ func classify(n layout.Names) (*Report, error) {
 		return r, nil
 	}
 	r.Row = "3"
-	if len(present[layout.KindIncomplete]) > 0 {
+	if inc := present[layout.KindIncomplete]; len(inc) > 0 {
 		r.Row = "2"
+		if isSnapshotLeftover(n, inc[0]) { // row 18
+			r.Row = "18"
+		}
 	}
 	r.garbage = append(r.garbage, present[layout.KindRemoving]...)
 	r.State = StateNeedsRecovery
@@ -224,7 +228,11 @@ func checkShadow(n layout.Names, pfd int, j *layout.Journal, present map[layout.
 		default: // row 9
 			return "9", "", fmt.Sprintf("the shadow (inode %d) is neither at %s nor at %s", j.Shadow.Ino, n.Path(n.Complete), n.Dir)
 		}
-		// Row 9 too: a rollback needs the whole manifest.
+		// Row 9 too: a rollback needs the whole manifest (in hard-link
+		// mode).
+		if j.IsSnapshot() {
+			break
+		}
 		if len(present[layout.KindMeta]) == 0 {
 			return "9", "", fmt.Sprintf("its manifest %s is missing", n.Path(n.Meta))
 		}

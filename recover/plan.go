@@ -62,6 +62,9 @@ func plan(r *Report, n layout.Names, gc *GCOptions) {
 // rollback (R1..R7), as the row says in docs/protocol.md. shadowAt is the
 // name holding the shadow.
 func journalSteps(n layout.Names, j *layout.Journal, row, shadowAt string) []Step {
+	if j.IsSnapshot() {
+		return snapshotSteps(n, j, row, shadowAt)
+	}
 	step := func(id, do, path string) Step { return Step{ID: id, Do: do, Path: path, stage: stageJournal} }
 	end := []Step{ // C5..C8
 		step("C5", "unlink the journal; fsync the parent", n.Path(n.Journal)),

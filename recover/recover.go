@@ -109,7 +109,7 @@ type Report struct {
 	Dir   string `json:"dir"`
 	State State  `json:"state"`
 	// Row is the row of docs/protocol.md's crash-state table that the
-	// names beside Dir are ("1" to "17", "3a"); "" when they were not
+	// names beside Dir are ("1" to "28", "3a"); "" when they were not
 	// looked at (the lock was held, an error) or are none of them.
 	Row string `json:"row"`
 	// Phase is the journal's phase, "" without a readable journal.
@@ -138,6 +138,9 @@ type Report struct {
 	Kept string `json:"kept"`
 	// Error is why recovery failed or the directory could not be inspected.
 	Error string `json:"error"`
+	// Mode is how the journal's shadow was made: "hardlink", or "snapshot"
+	// (a btrfs snapshot); "" without a readable journal.
+	Mode layout.Mode `json:"mode"`
 	// Group describes the transaction over several trees that the journal
 	// belongs to, or is null.
 	Group *GroupReport `json:"group"`
@@ -406,7 +409,7 @@ func busyReport(n layout.Names) *Report {
 	}
 	j, jerr := layout.ReadJournal(n.Path(n.Journal))
 	if jerr == nil {
-		r.Journal, r.Phase = j, j.Phase
+		r.Journal, r.Phase, r.Mode = j, j.Phase, j.ShownMode()
 	}
 	var who string
 	switch h := r.Holder; {

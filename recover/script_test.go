@@ -192,6 +192,8 @@ func mutate(dir, path string) error {
 				func() error { return appendFile(p(f), "written in place\n") },
 				func() error { return os.Chtimes(p(f), fixedTime, fixedTime) })
 		}
+	case "removed": // the command removes the directory itself (snapshot tests)
+		steps = append(steps, func() error { return os.RemoveAll(dir) })
 	case "xattr":
 		steps = append(steps,
 			func() error { return unix.Lsetxattr(p("a/readonly.txt"), "user.treetx", []byte("new"), 0) },
@@ -507,10 +509,10 @@ func newHarness(t *testing.T) *harness {
 	t.Helper()
 	testenv.Require(t, testenv.RecoveryScript)
 	real := map[string]string{}
-	for _, tool := range append(slices.Clone(testenv.RecoveryScript.Tools), "getfattr", "setfattr") {
+	for _, tool := range append(slices.Clone(testenv.RecoveryScript.Tools), "getfattr", "setfattr", "btrfs") {
 		p, err := exec.LookPath(tool)
 		if err != nil {
-			continue // getfattr and setfattr are optional: the script says it cannot restore xattrs
+			continue // getfattr, setfattr (the script says it cannot restore xattrs) and btrfs (snapshot mode) are optional here
 		}
 		real[tool] = p
 	}
@@ -519,7 +521,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{script: script, bin: t.TempDir()}
-	for _, name := range []string{"mv", "rm", "sync", "chmod", "chown", "touch", "setfattr", "getfattr"} {
+	for _, name := range []string{"mv", "rm", "sync", "chmod", "chown", "touch", "setfattr", "getfattr", "btrfs"} {
 		r, ok := real[name]
 		if !ok {
 			r = "/nonexistent/" + name
@@ -550,6 +552,8 @@ case ${1-} in --help | --version)
 	exit $rc ;;
 esac
 [ $name = getfattr ] && exec "$real" "$@"
+# btrfs: only subvolume deletion is a step (inspect-internal reads)
+[ $name = btrfs ] && [ "${1-}" != subvolume ] && exec "$real" "$@"
 if [ $name = mv ] && [ "$1" = --exchange ]; then
 	case ${TREETX_SCRIPTTEST_EXCHANGE-} in
 	1) ;;

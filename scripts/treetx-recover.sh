@@ -199,13 +199,14 @@ function badgroup(ng,   k, t, seen) {
 # line, in the order of layout.Journal (internal/layout). The layout is checked line by line, and
 # every value as the Go reader checks it; anything else is refused. mode=parse
 # prints "ok", the id, the phase, the shadow's device and inode, the number
-# of lost files and a description, then the group's id ("-" without one),
-# the number of its trees and each tree (manifest-escaped), one a line; or
-# "corrupt REASON" or "future VERSION". mode=rewrite prints the journal
-# with phase rollback and the lost list read after it (manifest-escaped
-# paths, one a line, from the second operand), as Go would write it;
-# mode=commit the journal with phase commit (row 29's C3). Version 1 has no
-# group, version 2 must have one (after "lost", when there is one).
+# of lost files, a description, the mode (hardlink or snapshot) and the
+# id of the shadow's btrfs subvolume ("-" without subvols), then the group's
+# id ("-" without one), the number of its trees and each tree
+# (manifest-escaped), one a line; or "corrupt REASON" or "future VERSION".
+# mode=rewrite prints the journal with phase rollback and the lost list read
+# after it (manifest-escaped paths, one a line, from the second operand), as
+# Go would write it; mode=commit the journal with phase commit (row 29's
+# C3). Version 1 has no group, version 2 must have one.
 # shellcheck disable=SC2016
 journal_awk=$lib_awk$group_lib'
 function fail(m) { print "corrupt " m; exit 1 }
@@ -242,6 +243,31 @@ function line(want) {
 	if (i > n) fail("truncated: want " want)
 	if (L[i] != want) fail("line " i ": want " want)
 	i++
+}
+# tfield reads line i as IND"KEY": VALUE, with a comma (then more is 1) or
+# without (more 0).
+function tfield(ind, key,   p, v) {
+	p = ind "\"" key "\": "
+	v = L[i]
+	if (substr(v, 1, length(p)) != p) fail("line " i ": want \"" key "\"")
+	v = substr(v, length(p) + 1)
+	more = (substr(v, length(v)) == ",")
+	if (more) v = substr(v, 1, length(v) - 1)
+	i++
+	return v
+}
+# lastof tells whether the list that starts at line i ends with a (0) or
+# b (1), a list item being a line that starts with four spaces.
+function lastof(a, b,   k) {
+	for (k = i; k <= n && substr(L[k], 1, 4) == "    "; k++) ;
+	return k <= n && L[k] == b
+}
+# subvol reads the "id" and "uuid" lines of a subvolume and returns the id.
+function subvol(ind,   v, u) {
+	v = field(ind, "id"); if (!isuint(v) || v == "0") fail("bad subvolume id " v)
+	u = field(ind, "uuid", 1)
+	if (u !~ /^"[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]"$/) fail("bad subvolume uuid " u)
+	return v
 }
 # strlist reads the items of a string array opened on the line before, up
 # to its closing line cl; it returns their count and keeps them in S.
@@ -324,54 +350,72 @@ END {
 	if (phase !~ /^"(snapshot|running|commit|rollback)"$/) fail("unknown phase " phase)
 	line("  \"dir\": {")
 	v = field("    ", "dev"); if (!isuint(v)) fail("bad dir dev")
-	v = field("    ", "ino", 1); if (!isuint(v)) fail("bad dir ino")
+	dino = field("    ", "ino", 1); if (!isuint(dino)) fail("bad dir ino")
 	line("  },")
 	line("  \"shadow\": {")
 	sdev = field("    ", "dev"); if (!isuint(sdev)) fail("bad shadow dev")
 	isino = i
 	sino = field("    ", "ino", 1); if (!isuint(sino)) fail("bad shadow ino")
 	if (sino == "0") fail("no shadow inode")
-	nl = 0; ng = 0; gid = ""
-	if (i <= n && L[i] == "  },") {
+	# Then, each optional and each followed by a comma but the last:
+	# "lost", "group" (several trees), "mode" (snapshot), "subvols" (btrfs).
+	nl = 0; jmode = "hardlink"; ssub = "-"; ng = 0; gid = ""
+	more = 0
+	if (i <= n && L[i] == "  },") { more = 1; i++ } else line("  }")
+	if (more && i <= n && L[i] == "  \"lost\": [") {
 		i++
-		more = 1
-		if (i <= n && L[i] == "  \"lost\": [") {
-			i++; nl = listx("    ", "  ]", "  ],")
-			for (k = 1; k <= nl; k++) LS[k] = S[k]
-			more = closed == "  ],"
-		} else if (i <= n && substr(L[i], 1, 10) == "  \"lost\": ") {
-			v = substr(L[i], 11); more = substr(v, length(v)) == ","
-			if (more) v = substr(v, 1, length(v) - 1)
-			if (v != "null" && v != "[]") fail("bad lost")
-			i++
-		}
-		if (more) {
-			igroup = i
-			line("  \"group\": {")
-			gid = field("    ", "id"); if (!isgid(gid)) fail("group: bad id " gid)
-			if (i <= n && L[i] == "    \"trees\": [") { i++; ng = listx("      ", "    ]", "") }
-			else { v = field("    ", "trees", 1); fail("group: bad trees " v) }
-			for (k = 1; k <= ng; k++) G[k] = S[k]
-			if ((v = badgroup(ng)) != "") fail("group: " v)
-			line("  }")
-			igend = i - 1
-		}
-	} else line("  }")
+		more = (i <= n && lastof("  ]", "  ],"))
+		nl = strlist(more ? "  ]," : "  ]")
+		for (k = 1; k <= nl; k++) LS[k] = S[k]
+	} else if (more && i <= n && L[i] ~ /^  "lost": /) {
+		v = tfield("  ", "lost"); if (v != "null" && v != "[]") fail("bad lost")
+	}
+	itail = i
+	if (more && i <= n && L[i] == "  \"group\": {") {
+		i++
+		gid = field("    ", "id"); if (!isgid(gid)) fail("group: bad id " gid)
+		if (i <= n && L[i] == "    \"trees\": [") { i++; ng = listx("      ", "    ]", "") }
+		else { v = field("    ", "trees", 1); fail("group: bad trees " v) }
+		for (k = 1; k <= ng; k++) G[k] = S[k]
+		if ((v = badgroup(ng)) != "") fail("group: " v)
+		if (i <= n && L[i] == "  },") { more = 1; i++ } else { line("  }"); more = 0 }
+	}
+	if (more && i <= n && L[i] ~ /^  "mode": /) {
+		v = tfield("  ", "mode"); if (v != "\"snapshot\"") fail("unknown mode " v)
+		jmode = "snapshot"
+	}
+	if (more && i <= n && L[i] == "  \"subvols\": {") {
+		i++
+		line("    \"dir\": {")
+		did = subvol("      "); line("    },")
+		line("    \"shadow\": {")
+		ssub = subvol("      "); line("    }")
+		line("  }")
+		more = 0
+	}
+	if (more) fail("line " i ": a field expected after the comma")
+	iend = i
 	line("}")
 	if (i <= n) fail("line " i ": after the end")
 	if (version == "1" && gid != "" || version == "2" && gid == "") fail("version " version)
+	if (jmode == "snapshot") {
+		if (ssub == "-") fail("a snapshot without its subvolumes")
+		if (sino != "256" || dino != "256") fail("a snapshot whose roots are not subvolume roots (inode 256)")
+		if (did == ssub) fail("a snapshot in the subvolume of the directory itself")
+	}
 	if (mode == "rewrite" || mode == "commit") {
 		for (k = 1; k <= isino; k++) print (k == iphase ? "  \"phase\": \"" (mode == "commit" ? "commit" : "rollback") "\"," : L[k])
 		if (mode == "rewrite") { nl = nq; for (k = 1; k <= nq; k++) LS[k] = jsonstr(Q[k]) }
-		if (nl == 0 && gid == "") print "  }"
+		tail = (itail < iend)
+		if (nl == 0 && !tail) print "  }"
 		else {
 			print "  },"
 			if (nl > 0) {
 				print "  \"lost\": ["
 				for (k = 1; k <= nl; k++) print "    " LS[k] (k < nl ? "," : "")
-				print "  ]" (gid != "" ? "," : "")
+				print (tail ? "  ]," : "  ]")
 			}
-			if (gid != "") for (k = igroup; k <= igend; k++) print L[k]
+			for (k = itail; k < iend; k++) print L[k]
 		}
 		print "}"
 		exit 0
@@ -383,6 +427,8 @@ END {
 	print sino
 	print nl
 	print oneline("transaction " substr(id, 2, 16) " (pid " pid " on " jdec(host) ", " cmd ", since " rfc3339(start) ")")
+	print jmode
+	print ssub
 	print (gid == "" ? "-" : substr(gid, 2, 16))
 	print ng
 	for (k = 1; k <= ng; k++) print mesc(jdec(G[k]))
@@ -927,8 +973,26 @@ self_body() {
 	return 1
 }
 
-# fileid prints "DEV INO" of a path, not following a symlink.
-fileid() { stat -c '%d %i' -- "$1" 2>/dev/null; }
+# fileid prints the identity of a path, not following a symlink, as the
+# journal read records its shadow's (sid): "DEV INO"; where the journal
+# names btrfs subvolumes, "subvol ID INO" with the id of the subvolume
+# that holds it (btrfs inspect-internal rootid: device numbers change
+# across a remount; docs/protocol.md, "The journal"). Only a directory has
+# a subvolume identity.
+fileid() {
+	if [ "${ssub:--}" = - ]; then
+		stat -c '%d %i' -- "$1" 2>/dev/null
+		return
+	fi
+	fi_out=$(stat -c '%f %i' -- "$1" 2>/dev/null) || return 1
+	typeof "${fi_out% *}"
+	[ "$ty" = dir ] || { echo "$ty ${fi_out#* }"; return 0; }
+	fi_sub=$(btrfs inspect-internal rootid -- "$1" 2>/dev/null </dev/null) || { echo "unknown ${fi_out#* }"; return 0; }
+	echo "subvol $fi_sub ${fi_out#* }"
+}
+
+# is_snapshot tells whether the journal read is in snapshot mode.
+is_snapshot() { [ "${jmode-}" = snapshot ]; }
 
 is_id() {
 	case $1 in '' | *[!0-9a-f]*) return 1 ;; esac
@@ -999,10 +1063,19 @@ rename_noreplace() {
 # expect_shadow_at PATH checks that PATH is the journal's shadow.
 expect_shadow_at() {
 	run stat -c '%d %i' -- "$1" || { why="shadow $1: $out"; return 1; }
-	if [ "$out" != "$sdev $sino" ]; then
+	if [ "$ssub" = - ] && [ "$out" != "$sid" ]; then
 		why="$1 is not the shadow the journal records (inode ${out#* } on device ${out% *}; journal: inode $sino on device $sdev)"
 		return 1
 	fi
+	[ "$ssub" = - ] && return 0
+	out=$(fileid "$1")
+	[ "$out" = "$sid" ] && return 0
+	case $out in
+	"subvol "*) es_where="in subvolume ${out#subvol }"; es_where=${es_where% *} ;;
+	*) es_where="not in a subvolume treetx can name" ;;
+	esac
+	why="$1 is not the shadow the journal records (inode ${out##* } $es_where; journal: inode $sino in subvolume $ssub)"
+	return 1
 }
 
 # make_removable gives every directory of a tree its owner's write and
@@ -1015,8 +1088,17 @@ make_removable() (
 )
 
 # remove_here deletes a tree under a removal name, never following symlinks
-# nor crossing into another file system.
+# nor crossing into another file system. A btrfs subvolume (a snapshot
+# shadow, or the tree it replaced) goes with btrfs subvolume delete where
+# this user may (root; or a file system mounted user_subvol_rm_allowed);
+# otherwise, or without btrfs-progs, rm deletes what is in it, then the
+# emptied subvolume (rmdir, Linux 4.18), as treetx does.
 remove_here() {
+	if [ -d "$1" ] && ! [ -L "$1" ] && [ "$(stat -c %i -- "$1" 2>/dev/null)" = 256 ] &&
+		[ "$(stat -f -c %T -- "$1" 2>/dev/null)" = btrfs ] && command -v btrfs >/dev/null 2>&1 &&
+		run btrfs subvolume delete -- "$1"; then
+		return 0
+	fi
 	if [ "$am_root" = 0 ] && [ -d "$1" ] && ! [ -L "$1" ]; then
 		make_removable "$1" 2>/dev/null
 	fi
@@ -1447,7 +1529,7 @@ step_R4_swap() {
 	fi
 	if [ "$have_exchange" = 1 ]; then
 		run mv --exchange -T -- "$CPL" "$D" && return 0
-		if [ "$(fileid "$D")" = "$sdev $sino" ]; then return 0; fi
+		if [ "$(fileid "$D")" = "$sid" ]; then return 0; fi
 		case $out in
 		*"Invalid argument"* | *"not supported"*) ;;
 		*"No such file"*)
@@ -1470,19 +1552,19 @@ step_R4_swap() {
 # its inode, so it resumes wherever a crash left it.
 put_back() {
 	swapped=0
-	if exists "$D" && [ "$(fileid "$D")" = "$sdev $sino" ]; then
+	if exists "$D" && [ "$(fileid "$D")" = "$sid" ]; then
 		swapped=1
 	else
 		expect_shadow_at "$CPL" || return 1
 	fi
 	failed=$pp/${pre}removing.$jid
 	[ "$nlost" -gt 0 ] && failed=$pp/${pre}failed.$jid
-	check_manifest || return 1
+	is_snapshot || check_manifest || return 1
 	if [ "$swapped" = 0 ]; then
-		step_R3_restore "$CPL" || return 1
+		is_snapshot || step_R3_restore "$CPL" || return 1
 		step_R4_swap || return 1
 	else
-		step_R3_restore "$D" || return 1
+		is_snapshot || step_R3_restore "$D" || return 1
 	fi
 	step_R5_syncfs || return 1
 	step_R6_put_away || return 1
@@ -1499,7 +1581,7 @@ step_R5_syncfs() {
 step_R6_put_away() {
 	exists "$CPL" || return 0
 	run stat -c '%d %i' -- "$CPL" || { why="stat $CPL: $out"; return 1; }
-	if [ "$out" = "$sdev $sino" ]; then
+	if [ "$(fileid "$CPL")" = "$sid" ]; then
 		why="$CPL still holds the shadow after the exchange"
 		return 1
 	fi
@@ -1535,8 +1617,11 @@ EOF
 # rollback, put the shadow back (R3..R7).
 step_R2_rollback() {
 	expect_shadow_at "$CPL" || return 1
-	check_manifest || return 1
-	step_R1_changed "$CPL" || return 1
+	lost='' nlost=0
+	if ! is_snapshot; then
+		check_manifest || return 1
+		step_R1_changed "$CPL" || return 1
+	fi
 	newj=$(rewrite_journal 2>&1) || { why="journal $J: $newj"; return 1; }
 	write_journal "$newj" || return 1
 	put_back
@@ -1705,7 +1790,8 @@ read_journal() {
 }
 
 # parse_journal sets jres to what journal_awk says of jtext, and from it
-# jid, phase, sdev, sino, nlost and who (and, by journal_group, the group).
+# jid, phase, sdev, sino, nlost, who, jmode, ssub, and sid: the shadow's
+# identity as fileid prints it (and, by journal_group, the group).
 parse_journal() {
 	case $jtext in
 	*"$soh"*) jres="corrupt a NUL or control byte" ;;
@@ -1720,8 +1806,10 @@ parse_journal() {
 		set -- $jres
 		IFS=$oifs
 		set +f
-		jid=$2 phase=$3 sdev=$4 sino=$5 nlost=$6 who=$7
-		shift 7
+		jid=$2 phase=$3 sdev=$4 sino=$5 nlost=$6 who=$7 jmode=$8 ssub=$9
+		sid="$sdev $sino"
+		[ "$ssub" = - ] || sid="subvol $ssub $sino"
+		shift 9
 		journal_group "$@"
 		return 0 ;;
 	future*) jerr="$J: journal is from a newer version of treetx (version ${jres#future }; this script reads version 2)" ;;
@@ -1779,7 +1867,11 @@ at() {
 	at_there=0 at_ok=0 at_type=none at_uid=''
 	if look "$1"; then
 		at_there=1 at_type=$lk_type at_uid=$lk_uid
-		[ "$lk_id" = "$sdev $sino" ] && at_ok=1
+		if [ "$ssub" = - ]; then
+			[ "$lk_id" = "$sid" ] && at_ok=1
+		elif [ "$lk_ino" = "$sino" ] && [ "$(fileid "$1")" = "$sid" ]; then
+			at_ok=1
+		fi
 	fi
 }
 
@@ -1792,6 +1884,10 @@ at() {
 # confined to the shadow (rule T4) when a rollback needs it.
 check_shadow() {
 	problem='' sroot=''
+	if [ "$ssub" != - ] && ! command -v btrfs >/dev/null 2>&1; then
+		problem="the journal names btrfs subvolumes, and btrfs (btrfs-progs) is not found: it is needed to tell its trees"
+		return
+	fi
 	if exists "$JT"; then
 		# A stale temporary journal is removed by name before the next
 		# journal write (rm never follows it), whatever it is, as treetx
@@ -1834,11 +1930,13 @@ check_shadow() {
 		else
 			problem="the shadow (inode $sino) is neither at $CPL nor at $D"
 		fi
-		if [ -z "$problem" ] && ! exists "$M"; then
+		if [ -n "$problem" ] || is_snapshot; then
+			:
+		elif ! exists "$M"; then
 			problem="its manifest $M is missing"
-		elif [ -z "$problem" ] && ! check_manifest; then
+		elif ! check_manifest; then
 			problem="its manifest is unusable: manifest is corrupt or incomplete: ${mres#bad }"
-		elif [ -z "$problem" ] && ! verify "$sroot"; then
+		elif ! verify "$sroot"; then
 			problem="its manifest is unusable: $why"
 		fi ;;
 	esac
@@ -1871,7 +1969,7 @@ names() {
 }
 
 recover_one() {
-	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0 jmode=hardlink ssub=- sid=''
 	if ! resolve "$1"; then
 		printf '%s: %s: no such directory, nor a parent holding treetx'"'"'s names for it\n' "$prog" "$1" >&2
 		return 125
@@ -1942,7 +2040,7 @@ recover_one() {
 # recover_as_owner DIR is the recovery of DIR run by recover_as (rule T3):
 # with the identity of the journal's owner, the lock held on descriptor 9.
 recover_as_owner() {
-	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0
+	state='' found='' action='' note='' nlost=0 failed='' jid='' phase='' manifest_ok=0 jmode=hardlink ssub=- sid=''
 	case $1 in /?*) ;; *) usage ;; esac
 	D=$1
 	names
@@ -2015,6 +2113,7 @@ recover_locked() {
 		rollback) found="an interrupted rollback of $who" action="finish the rollback" ;;
 		commit) found="an interrupted commit of $who" action="finish the commit (the new tree is durable)" ;;
 		esac
+		is_snapshot && found="$found; its shadow is a btrfs snapshot (subvolume $ssub)"
 		if [ "$dry" = 1 ]; then
 			nlost=0
 			report would

@@ -25,7 +25,9 @@ import (
 // an operation in it is refused (EACCES); nothing is looked at otherwise. A
 // missing name is not an error, nor is an entry that disappears meanwhile
 // (another Remove of the same tree). Remove is idempotent; a crash leaves
-// part of the tree, which a later Remove finishes.
+// part of the tree, which a later Remove finishes. A tree that is a btrfs
+// subvolume goes with one subvolume deletion where this process may do it
+// (see removeSubvolume).
 func Remove(parent, name string, fs FS) error {
 	return RemoveWith(parent, name, RemoveOptions{FS: fs})
 }
@@ -66,6 +68,9 @@ func RemoveWith(parent, name string, opts RemoveOptions) error {
 		if err := fs.Unlinkat(pfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("remove %s: %w", full, err)
 		}
+		return nil
+	}
+	if removeSubvolume(fs, pfd, name, &st, enter) {
 		return nil
 	}
 	r := &remover{fs: fs, pfd: pfd, name: name, root: full, progress: opts.Progress}

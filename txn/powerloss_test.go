@@ -52,6 +52,7 @@ type mnode struct {
 	xattrs       map[string]string
 	kids         map[string]*mnode
 	ino          uint64 // the inode in the recorded run
+	subvol       uint64 // a btrfs subvolume's root: its id in the recorded run
 }
 
 // fsModel is the tree under the recorded run's parent directory.
@@ -120,18 +121,18 @@ func (m *fsModel) lookup(path string) (n, parent *mnode, name string) {
 // loadModel reads the real tree at base into a model.
 func loadModel(t *testing.T, base string) *fsModel {
 	t.Helper()
-	byIno := map[uint64]*mnode{}
+	byIno := map[[2]uint64]*mnode{} // by device and inode: subvolumes number theirs apart
 	var load func(p string) *mnode
 	load = func(p string) *mnode {
 		var st unix.Stat_t
 		if err := unix.Lstat(p, &st); err != nil {
 			t.Fatal(err)
 		}
-		if n, ok := byIno[st.Ino]; ok && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if n, ok := byIno[[2]uint64{st.Dev, st.Ino}]; ok && st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			return n
 		}
-		n := &mnode{mode: st.Mode & 07777, uid: int(st.Uid), gid: int(st.Gid), atime: st.Atim, mtime: st.Mtim, ino: st.Ino}
-		byIno[st.Ino] = n
+		n := &mnode{mode: st.Mode & 07777, uid: int(st.Uid), gid: int(st.Gid), atime: st.Atim, mtime: st.Mtim, ino: st.Ino, subvol: subvolRoot(t, p)}
+		byIno[[2]uint64{st.Dev, st.Ino}] = n
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFDIR:
 			n.typ, n.kids = 'd', map[string]*mnode{}
@@ -277,6 +278,8 @@ func (m *fsModel) apply(op fsystest.Op) (ok bool, touched []*mnode) {
 		return true, []*mnode{n}
 	case "fsync", "syncfs":
 		return true, nil
+	case "snapshot", "deletesubvolume":
+		return m.applySubvolume(op)
 	}
 	panic("unknown op " + op.Kind)
 }
@@ -398,6 +401,7 @@ func (m *fsModel) materialize(t *testing.T, dst string) {
 	t.Helper()
 	made := map[*mnode]string{}
 	inoMap := map[uint64]uint64{}
+	subMap := map[uint64]uint64{}
 	var dev uint64
 	var write func(p string, n *mnode)
 	write = func(p string, n *mnode) {
@@ -411,7 +415,7 @@ func (m *fsModel) materialize(t *testing.T, dst string) {
 		var err error
 		switch n.typ {
 		case 'd':
-			err = os.Mkdir(p, 0o700)
+			err = mkdirModel(p, n, subMap)
 		case 'f':
 			err = os.WriteFile(p, n.data, 0o600)
 		case 'l':
@@ -451,6 +455,7 @@ func (m *fsModel) materialize(t *testing.T, dst string) {
 	for _, tree := range []string{"repo", "repo2"} {
 		patchJournal(t, filepath.Join(dst, ".#treetx."+tree+".journal"), inoMap, dev)
 		patchManifest(t, filepath.Join(dst, ".#treetx."+tree+".meta"), inoMap)
+		patchSubvols(t, filepath.Join(dst, ".#treetx."+tree+".journal"), subMap)
 	}
 }
 

@@ -89,7 +89,29 @@ type Options struct {
 	// the transaction ran are checked, so that Commit and Rollback take a
 	// time that grows with what the command touched, not with the tree.
 	FullCheck bool
+	// Mode is how the shadow is made: ModeAuto ("" too) takes a btrfs
+	// snapshot where the directory is the root of a subvolume, and hard
+	// links elsewhere; ModeSnapshot and ModeHardlink refuse a directory
+	// the mode cannot be used on. In snapshot mode Exclude must be empty
+	// (a snapshot holds the whole tree), and Copy, FullCheck and
+	// AllowOwnerChange have nothing to do: nothing is linked.
+	Mode Mode
 }
+
+// Mode is how a transaction's shadow is made (docs/protocol.md, "Snapshot
+// mode").
+type Mode = protocol.Mode
+
+// The modes.
+const (
+	// ModeAuto: a snapshot where the directory is the root of a btrfs
+	// subvolume (and no mount point), hard links elsewhere.
+	ModeAuto = protocol.ModeAuto
+	// ModeHardlink: a shadow of hard links, with a manifest.
+	ModeHardlink = protocol.ModeHardlink
+	// ModeSnapshot: the shadow is a writable btrfs snapshot.
+	ModeSnapshot = protocol.ModeSnapshot
+)
 
 // Tx is a transaction on one directory. It holds the directory's exclusive
 // lock from Begin until Commit or Rollback returns.

@@ -14,6 +14,7 @@ import (
 func FuzzParseJournal(f *testing.F) {
 	f.Add([]byte(`{"version":1,"id":"3f9c0a1b2c3d4e5f","pid":1,"host":"h","user":"u","command":["true"],"start":"2026-11-22T01:02:03.456Z","phase":"running","dir":{"dev":1,"ino":2},"shadow":{"dev":1,"ino":3}}`))
 	f.Add([]byte(`{"version":1,"id":"3f9c0a1b2c3d4e5f","phase":"rollback","shadow":{"dev":1,"ino":3},"lost":["a/b","../etc/passwd"]}`))
+	f.Add([]byte(`{"version":1,"id":"3f9c0a1b2c3d4e5f","phase":"rollback","dir":{"dev":1,"ino":256},"shadow":{"dev":2,"ino":256},"mode":"snapshot","subvols":{"dir":{"id":257,"uuid":"7ae178cb-c084-ab44-ae12-82cc935b286b"},"shadow":{"id":262,"uuid":"0c41a2b3-0000-4000-8000-000000000001"}}}`))
 	f.Add([]byte(`{"version":2}`))
 	f.Add([]byte(`{"version":1,"Owner":0}`))
 	f.Fuzz(func(t *testing.T, data []byte) {

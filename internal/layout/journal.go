@@ -72,6 +72,13 @@ type Journal struct {
 	// written is the journal file's mtime, as ReadJournal found it; zero
 	// for a journal this process writes.
 	written unix.Timespec
+	// Mode is how the shadow is made: ModeSnapshot, or "" (left out of
+	// the text) for hard links.
+	Mode Mode `json:"mode,omitempty"`
+	// Subvols names the subvolumes holding the directory's and the
+	// shadow's roots on btrfs (nil elsewhere): there they, not the device
+	// numbers of Dir and Shadow, identify the two.
+	Subvols *Subvols `json:"subvols,omitempty"`
 }
 
 // Group is what each journal of a transaction over several trees says of
@@ -197,6 +204,9 @@ func parseJournal(path string, data []byte) (*Journal, error) {
 	case PhaseSnapshot, PhaseRunning, PhaseCommit, PhaseRollback:
 	default:
 		return nil, fmt.Errorf("%s: %w: unknown phase %q", path, ErrJournalCorrupt, j.Phase)
+	}
+	if err := j.checkMode(); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", path, ErrJournalCorrupt, err)
 	}
 	return &j, nil
 }

@@ -20,7 +20,8 @@ type Use int
 const (
 	// ForTransaction: the directory must exist and be a directory, not /,
 	// not a mount point (its shadow must live beside it, on its file
-	// system), on a file system mounted read-write, in a parent this
+	// system; the root of a btrfs subvolume that is not mounted is no
+	// mount point), on a file system mounted read-write, in a parent this
 	// process may write (txn.Begin).
 	ForTransaction Use = iota
 	// ForLock: a directory that exists must be a directory; one that does
@@ -145,7 +146,8 @@ func inParent(abs string) (string, error) {
 }
 
 // checkTransactable refuses what a transaction cannot run on: a mount
-// point, a read-only file system, a parent this process may not write.
+// point (but the root of a btrfs subvolume, which has a device number of
+// its own without being one: its shadow is a snapshot), a read-only file system, a parent this process may not write.
 func checkTransactable(n Names) error {
 	var st, pst unix.Stat_t
 	if err := unix.Stat(n.Dir, &st); err != nil {
@@ -154,7 +156,7 @@ func checkTransactable(n Names) error {
 	if err := unix.Stat(n.Parent, &pst); err != nil {
 		return fmt.Errorf("%s: %w", n.Parent, err)
 	}
-	if st.Dev != pst.Dev || isMountPoint(n.Dir) {
+	if st.Dev != pst.Dev && !isSubvolumeRoot(n.Dir) || isMountPoint(n.Dir) {
 		return fmt.Errorf("%s: a mount point: its shadow must live on its own file system, beside it; use a directory inside the mount", n.Dir)
 	}
 	var sfs unix.Statfs_t

@@ -26,7 +26,7 @@ func (j *Journal) Look(pfd int, name, path string) (where Where, st *unix.Stat_t
 	if err := unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return Absent, nil, err
 	}
-	if IDOf(st) != j.Shadow {
+	if !j.HoldsShadow(pfd, name, st) {
 		return NotShadow, st, nil
 	}
 	return IsShadow, st, j.CheckShadow(pfd, name, path, st)
@@ -39,7 +39,7 @@ func (j *Journal) ShadowAt(pfd int, name, path string) error {
 	case Absent:
 		return fmt.Errorf("shadow %s: %w", path, err)
 	case NotShadow:
-		return j.notShadow(path, st)
+		return j.notShadow(pfd, name, path, st)
 	}
 	return err
 }
@@ -47,12 +47,19 @@ func (j *Journal) ShadowAt(pfd int, name, path string) error {
 // IsShadow checks that st, the entry name in the parent pfd, is j's shadow:
 // the inode j records, and a directory its owner made (CheckShadow).
 func (j *Journal) IsShadow(pfd int, name, path string, st *unix.Stat_t) error {
-	if IDOf(st) != j.Shadow {
-		return j.notShadow(path, st)
+	if !j.HoldsShadow(pfd, name, st) {
+		return j.notShadow(pfd, name, path, st)
 	}
 	return j.CheckShadow(pfd, name, path, st)
 }
 
-func (j *Journal) notShadow(path string, st *unix.Stat_t) error {
+func (j *Journal) notShadow(pfd int, name, path string, st *unix.Stat_t) error {
+	if j.Subvols != nil {
+		where := "not in a subvolume treetx can name"
+		if id, err := subvolIDAt(pfd, name); err == nil {
+			where = fmt.Sprintf("in subvolume %d", id)
+		}
+		return fmt.Errorf("%s is not the shadow the journal records (inode %d %s; journal: inode %d in subvolume %d)", path, st.Ino, where, j.Shadow.Ino, j.Subvols.Shadow.ID)
+	}
 	return fmt.Errorf("%s is not the shadow the journal records (inode %d on device %d; journal: inode %d on device %d)", path, st.Ino, st.Dev, j.Shadow.Ino, j.Shadow.Dev)
 }

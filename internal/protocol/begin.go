@@ -37,6 +37,7 @@ type Options struct {
 	AllowOwnerChange bool
 	DeferRemoval     bool
 	FullCheck        bool
+	Mode             Mode
 }
 
 // Tx is a transaction on one directory. It holds the directory's exclusive
@@ -174,6 +175,12 @@ func beginLocked(ctx context.Context, n layout.Names, lk *lock.Lock, opts Option
 		return tx, fmt.Errorf("stat %s: %w", n.Dir, err)
 	}
 	tx.j.Dir = layout.IDOf(&st)
+	if dirfd, err := tx.chooseMode(opts); err != nil {
+		return tx, err
+	} else if dirfd >= 0 {
+		defer unix.Close(dirfd)
+		return tx, tx.beginSnapshot(dirfd) // B3..B8 in snapshot mode
+	}
 	// Step: create the shadow root and record its inode in the journal.
 	tx.step("B3", "mkdir shadow", n.Incomplete)
 	if err := tx.fs.Mkdirat(tx.pfd, n.Incomplete, 0o700); err != nil {
@@ -183,6 +190,9 @@ func beginLocked(ctx context.Context, n layout.Names, lk *lock.Lock, opts Option
 		return tx, fmt.Errorf("stat %s: %w", n.Path(n.Incomplete), err)
 	}
 	tx.j.Shadow = layout.IDOf(&st)
+	if err := tx.recordSubvols(); err != nil {
+		return tx, err
+	}
 	if err := tx.cover(); err != nil {
 		return tx, err
 	}

@@ -32,11 +32,18 @@
 //	R6 failed tree away         Tx.putBack
 //	R7 as C5..C8                Tx.finish
 //
+// In snapshot mode (snapshot_linux.go; docs/protocol.md, "Snapshot mode"),
+// where the directory is the root of a btrfs subvolume: B2 also chooses the
+// mode and refuses nested subvolumes (Tx.chooseMode); B3..B8 are
+// Tx.beginSnapshot (B3 a snapshot, B5 nothing); C2, R1 and R3 do nothing
+// (Tx.changed, Tx.restore); C7 deletes a subvolume with one call where it
+// may (snapshot.RemoveWith).
+//
 // Recovery's own steps, on what no journal claims (G1..G3), are package
 // recover's (apply, with layout.Names.DropTree). The crash-state rows are
-// told apart by package recover (classify: rows 1 to 17) and, as it goes,
-// by Tx.putBack (rows 10 to 13, by where the shadow's inode is); Finish
-// carries out rows 5 to 15.
+// told apart by package recover (classify: rows 1 to 28) and, as it goes,
+// by Tx.putBack (rows 10 to 13 and 23 to 26, by where the shadow is);
+// Finish carries out rows 5 to 15 and 19 to 28.
 //
 // Every file-system mutation goes through an fsys.FS, so tests can record,
 // fail or stop the protocol at any step.

@@ -67,7 +67,7 @@ func (tx *Tx) finish() error {
 	if err := tx.fsyncParent("C5"); err != nil {
 		return err
 	}
-	if tx.j.ID != "" {
+	if tx.j.ID != "" && !tx.j.IsSnapshot() {
 		into := n.Removing(tx.j.ID) + "/" + n.Meta
 		tx.step("C6", "rename", into)
 		if err := tx.fs.Renameat2(tx.pfd, n.Meta, tx.pfd, into, unix.RENAME_NOREPLACE); err != nil {

@@ -228,7 +228,7 @@ func (tx *Tx) putBack() error {
 	err = unix.Fstatat(tx.pfd, n.Complete, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case err == nil:
-		if layout.IDOf(&st) == tx.j.Shadow {
+		if tx.j.HoldsShadow(tx.pfd, n.Complete, &st) {
 			return fmt.Errorf("%s still holds the shadow after the exchange", n.Path(n.Complete))
 		}
 		tx.step("R6", "rename", failedName)
@@ -280,7 +280,7 @@ func (tx *Tx) swap(failedName string) error {
 // (true) or the name Complete does (false); anything else is an error.
 func (tx *Tx) shadowInstalled() (bool, error) {
 	var st unix.Stat_t
-	if err := unix.Fstatat(tx.pfd, tx.n.Base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && layout.IDOf(&st) == tx.j.Shadow {
+	if err := unix.Fstatat(tx.pfd, tx.n.Base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && tx.j.HoldsShadow(tx.pfd, tx.n.Base, &st) {
 		return true, tx.isShadow(tx.n.Base, &st)
 	}
 	if err := tx.expectShadowAt(tx.n.Complete); err != nil {
@@ -328,8 +328,12 @@ func (tx *Tx) records() (f *os.File, recs snapshot.Records, err error) {
 	return f, snapshot.RecordsOf(f, tx.index, tx.touched), nil
 }
 
-// changed lists the linked files of the shadow at name written in place.
+// changed lists the linked files of the shadow at name written in place
+// (none for a snapshot, which shares nothing).
 func (tx *Tx) changed(name string) ([]string, error) {
+	if tx.j.IsSnapshot() {
+		return nil, nil
+	}
 	rootfd, err := tx.openShadow(name)
 	if err != nil {
 		return nil, err
@@ -369,8 +373,12 @@ func (tx *Tx) isShadow(name string, st *unix.Stat_t) error {
 }
 
 // restore gives the linked files of the shadow at name (Complete, or the
-// directory's own name once it is installed) their recorded metadata.
+// directory's own name once it is installed) their recorded metadata
+// (nothing for a snapshot, which holds its own).
 func (tx *Tx) restore(name string) error {
+	if tx.j.IsSnapshot() {
+		return nil
+	}
 	rootfd, err := tx.openShadow(name)
 	if err != nil {
 		return err

@@ -28,7 +28,9 @@ var errChanged = errors.New("changed")
 // directory not changed since before the command (one the shadow left out:
 // a lock file that was there before).
 func (tx *Tx) unchanged(name string) (bool, error) {
-	if tx.started == (unix.Timespec{}) {
+	if tx.started == (unix.Timespec{}) || tx.j.IsSnapshot() {
+		// Not this process's Begin; or a snapshot, whose comparison would
+		// walk both trees: it is put back.
 		return false, nil
 	}
 	dfd, err := openDirNoAtime(tx.pfd, tx.n.Base)

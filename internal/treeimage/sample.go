@@ -77,9 +77,14 @@ func sampleNodes() []sampleNode {
 // Callers that are not root must make root/ro writable again (chmod 0755)
 // before removing the tree. On error a partial tree may be left behind.
 func BuildSample(root string) error {
+	return buildSampleWith(root, createNode)
+}
+
+// buildSampleWith is BuildSample, each entry made by create.
+func buildSampleWith(root string, create func(root string, n sampleNode) error) error {
 	nodes := sampleNodes()
 	for _, n := range nodes {
-		if err := createNode(root, n); err != nil {
+		if err := create(root, n); err != nil {
 			return err
 		}
 	}
