@@ -2508,6 +2508,7 @@ recover_group_locked() {
 group_save() {
 	s_jtext=$jtext s_jid=$jid s_phase=$phase s_sdev=$sdev s_sino=$sino s_nlost=$nlost
 	s_jowner=$jowner s_who=$who s_jgid=$jgid s_jgn=$jgn s_jtrees=$jtrees
+	s_jmode=$jmode s_ssub=$ssub s_sid=$sid
 	s_state=$state s_found=$found s_action=$action s_note=$note
 }
 
@@ -2516,6 +2517,7 @@ group_restore() {
 	names
 	jtext=$s_jtext jid=$s_jid phase=$s_phase sdev=$s_sdev sino=$s_sino nlost=$s_nlost
 	jowner=$s_jowner who=$s_who jgid=$s_jgid jgn=$s_jgn jtrees=$s_jtrees
+	jmode=$s_jmode ssub=$s_ssub sid=$s_sid
 	state=$s_state found=$s_found action=$s_action note=$s_note
 	manifest_ok=0 failed=''
 }
