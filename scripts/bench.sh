@@ -13,8 +13,11 @@
 #     the cost of a shadow made of hard links against a snapshot: cp -al and
 #     rm -rf of the corpus, against btrfs subvolume snapshot and delete of
 #     it as a subvolume, and against treetx's own Snapshot, syncfs,
-#     DeleteSubvolume and syncfs (scripts/snapbench); and treetx convert
-#     of the corpus into that subvolume, once per size
+#     DeleteSubvolume and syncfs (scripts/snapbench); treetx run in
+#     snapshot mode on the subvolume, a one-file change committed and rolled
+#     back, end to end (the detached deletion left out, and waited for with
+#     --wait-cleanup) and from the command's exit; and treetx convert of the
+#     corpus into that subvolume, once per size
 # WORKDIR (default /var/tmp/treetx-bench) keeps the corpora between runs; it
 # must be on the file system to measure. Commands are alternated within each
 # run so that a noisy machine affects them alike. Prints a Markdown table.
@@ -158,6 +161,25 @@ measure_btrfs() {
   echo "$label clidel $((t1 - t0))" >>"$results"
   settle
   "$work/snapbench" "$v" | sed "s#^#$label #" >>"$results"
+  # treetx run in snapshot mode: a one-file change, committed, then rolled
+  # back; the command notes when it ends.
+  one='echo "$2" >"$0/one"; date +%s%N >"$1"; exit "$3"'
+  settle
+  t0=$(now); "$tx" run "$v" -- sh -c "$one" "$v" "$work/end" "$t0" 0; t1=$(now)
+  echo "$label runcommit $((t1 - t0))" >>"$results"
+  echo "$label commitlat $((t1 - $(cat "$work/end")))" >>"$results"
+  wait_cleanup "$v"
+  settle
+  t0=$(now); "$tx" run "$v" -- sh -c "$one" "$v" "$work/end" "$t0" 1 || true; t1=$(now)
+  echo "$label runrollback $((t1 - t0))" >>"$results"
+  echo "$label rollbacklat $((t1 - $(cat "$work/end")))" >>"$results"
+  wait_cleanup "$v"
+  settle
+  t0=$(now); "$tx" run --wait-cleanup "$v" -- sh -c "$one" "$v" "$work/end" "$t0" 0; t1=$(now)
+  echo "$label runcommitwait $((t1 - t0))" >>"$results"
+  settle
+  t0=$(now); "$tx" run --wait-cleanup "$v" -- sh -c "$one" "$v" "$work/end" "$t0" 1 || true; t1=$(now)
+  echo "$label runrollbackwait $((t1 - t0))" >>"$results"
 }
 
 report_btrfs() {
@@ -169,6 +191,16 @@ report_btrfs() {
     cpal=$(get cpal) cpals=$(get cpalsync) rm=$(get rmrf) cs=$(get clisnap) cd=$(get clidel)
     sn=$(get snapshot) ss=$(get snapsync) de=$(get delete) ds=$(get delsync) cv=$(get convert)
     echo "| ${label#*/} | $(ms "$cpal") ms | $(ms "$cpals") ms | $(ms "$rm") ms | $(ms "$cs") ms | $(ms "$cd") ms | $(ratio "$((cpal + rm))" "$((cs + cd))") | $(ms "$sn") ms | $(ms "$ss") ms | $(ms "$de") ms | $(ms "$ds") ms | $(ratio "$((cpal + rm))" "$((sn + ss + de + ds))") | $(ms "${cv:-0}") ms |"
+  done
+  echo
+  echo "| files | treetx run, one-file commit | the same, --wait-cleanup | commit latency | treetx run, one-file rollback | the same, --wait-cleanup | rollback latency | btrfs subvolume snapshot + delete | commit, --wait-cleanup / (snapshot + delete) | rollback, --wait-cleanup / (snapshot + delete) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  for label in $(awk '{ print $1 }' "$results" | sort -t/ -k2n | uniq); do
+    get() { awk -v l="$label" -v k="$1" '$1 == l && $2 == k { print $3 }' "$results" | median; }
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+    rc=$(get runcommit) rcw=$(get runcommitwait) cl=$(get commitlat) rr=$(get runrollback) rrw=$(get runrollbackwait) rl=$(get rollbacklat)
+    bare=$(($(get clisnap) + $(get clidel)))
+    echo "| ${label#*/} | $(ms "$rc") ms | $(ms "$rcw") ms | $(ms "$cl") ms | $(ms "$rr") ms | $(ms "$rrw") ms | $(ms "$rl") ms | $(ms "$bare") ms | $(ratio "$rcw" "$bare") | $(ratio "$rrw" "$bare") |"
   done
 }
 
@@ -185,13 +217,17 @@ if [ -n "$btrfs" ]; then
   (cd "$top" && go build -o "$work/snapbench" ./scripts/snapbench)
   specs=
   for n in $sizes; do
+    t0=$(now)
     c=$(corpus "$m" "$n") v=$m/v$n
+    echo "the corpus of $n files: ready in $(ms "$(($(now) - t0))") ms" >&2
     # The subvolume: a fresh corpus converted by treetx, timed.
     if [ -d "$v" ]; then
       btrfs subvolume delete "$v" >/dev/null 2>&1 || rm -rf "$v"
     fi
+    t0=$(now)
     (cd "$top" && go run ./scripts/mkcorpus "$v" "$n")
     sync
+    echo "its copy to convert: made in $(ms "$(($(now) - t0))") ms" >&2
     t0=$(now); "$tx" convert "$v" >/dev/null; t1=$(now)
     echo "btrfs/$n convert $((t1 - t0))" >>"$results"
     specs="$specs $c:$v:btrfs/$n"
