@@ -37,8 +37,7 @@ func newRunCommand() *cobra.Command {
 		Short:                 "Run COMMAND as one atomic, crash-safe transaction on DIR",
 		Long: `Run COMMAND as one atomic, crash-safe transaction on the tree DIR.
 
-treetx locks DIR, builds a hard-link shadow of it beside it (where DIR is
-the root of a btrfs subvolume, a snapshot of it: --mode), and runs COMMAND
+treetx locks DIR, builds a hard-link shadow of it beside it, and runs COMMAND
 (in the current directory, with the current environment). If COMMAND exits 0
 its changes are made durable and kept; otherwise DIR is put back exactly as it
 was. After a crash, run: treetx recover DIR.
@@ -56,7 +55,11 @@ Exit status: COMMAND's own; 128+N if it died of signal N, or if treetx was
 sent signal N while it ran; 126 if it could not be executed, 127 if it was
 not found (DIR untouched in both); 75 (or --conflict-exit-code) if DIR's lock
 was not had in time; 125 if treetx itself failed, or if a rollback found
-files written in place whose old content is lost; 64 for a bad command line.`,
+files written in place whose old content is lost; 64 for a bad command line.
+
+Where DIR is the root of a btrfs subvolume, the shadow is a snapshot of it
+instead: no file is linked, and the cost does not grow with the tree
+(--mode; treetx convert DIR makes a directory a subvolume).`,
 		Example: `  treetx run /srv/cvsroot -- cvs -d /srv/cvsroot commit -m "fix"
   treetx run -w 30 --exclude '*.tmp' site -- make -C site
   treetx run -n -E 0 /srv/site -- make -C /srv/site   # busy: exit 0, not 75

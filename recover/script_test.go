@@ -79,7 +79,7 @@ func TestMain(m *testing.M) {
 		os.Exit(exchange(os.Args[1:]))
 	}
 	if os.Getenv("TREETX_TEST_GC_CHILD") == "" { // not recover_test.go's child
-		testenv.Announce(testenv.RecoveryScript)
+		testenv.Announce(testenv.RecoveryScript, testenv.Btrfs)
 	}
 	// The script tests spend most of their time waiting for the processes
 	// they start (the script forks for every step): unless -parallel says

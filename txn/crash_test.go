@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envChild) != "" {
 		os.Exit(crashChild())
 	}
-	testenv.Announce(testenv.Root)
+	testenv.Announce(testenv.Root, testenv.Btrfs)
 	os.Exit(m.Run())
 }
 

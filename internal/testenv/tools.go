@@ -22,7 +22,7 @@ var (
 	RCS            = Group{Name: "RCS", Tools: []string{"ci", "co", "rcs", "rlog"}}
 	Ext4           = Group{Name: "ext4 image", Tools: []string{"mkfs.ext4", "mount", "umount"}, Root: true}
 	XFS            = Group{Name: "XFS", Tools: []string{"mkfs.xfs", "mount", "umount"}, Root: true}
-	Btrfs          = Group{Name: "btrfs", Tools: []string{"mkfs.btrfs", "mount", "umount"}, Root: true}
+	Btrfs          = Group{Name: "btrfs", Tools: []string{"mkfs.btrfs", "btrfs", "mount", "umount"}, Root: true}
 	Mount          = Group{Name: "mount", Tools: []string{"mount", "umount"}, Root: true}
 	Shellcheck     = Group{Name: "shellcheck", Tools: []string{"shellcheck"}}
 	Systemd        = Group{Name: "systemd unit", Tools: []string{"systemd-analyze", "systemd-escape"}}
