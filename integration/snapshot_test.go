@@ -133,9 +133,15 @@ func TestSnapshotRun(t *testing.T) {
 		}
 	})
 
-	t.Run("killed treetx, then status and recover", func(t *testing.T) {
+	t.Run("killed treetx, then status and recover --scan", func(t *testing.T) {
 		t.Parallel()
-		parent, tree := subvolSample(t, img.Dir)
+		// The tree is a subvolume in a subvolume: sv/p/tree.
+		top, err := os.MkdirTemp(img.Dir, "scan")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sh(t, nil, "btrfs subvolume create -q "+top+"/sv || btrfs subvolume create "+top+"/sv >/dev/null")
+		parent, tree := subvolSample(t, filepath.Join(top, "sv"))
 		before := capture(t, tree)
 		out := t.TempDir()
 		p := start(t, invocation{args: runArgs(tree, script(change+`touch "$O/changed"; sleep 100`)), env: env(tree, out), group: true})
@@ -162,8 +168,12 @@ func TestSnapshotRun(t *testing.T) {
 		if strings.Join(plan, " ") != "R2 R4 R5 R6 R7" {
 			t.Errorf("plan %v, want R2 R4 R5 R6 R7", plan)
 		}
-		r = treetx(t, nil, "recover", tree)
+		// Recovery at boot: --scan from above the subvolume the tree's
+		// parent is in (it has a device number of its own, and is
+		// entered all the same).
+		r = treetx(t, nil, "recover", "--scan", filepath.Dir(filepath.Dir(parent)))
 		wantCode(t, r, 0)
+		contains(t, "recover --scan", r.stdout, tree+": needs recovery", "did: roll back")
 		treeimage.AssertEqual(t, "before", before, "after recover", capture(t, tree))
 		noLeftovers(t, parent, "tree")
 	})

@@ -46,7 +46,7 @@ func Scan(root string) ([]string, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("scan %s: %w", root, err)
 	}
-	s := &scanner{dev: uint64(st.Dev), found: map[string]bool{}}
+	s := &scanner{dev: uint64(st.Dev), mnt: mountID(fd), found: map[string]bool{}}
 	if real != "/" {
 		// root's own names live in its parent.
 		if n, err := layout.NamesFor(real); err == nil {
@@ -69,6 +69,7 @@ func Scan(root string) ([]string, error) {
 
 type scanner struct {
 	dev   uint64
+	mnt   uint64 // the root's mount id (0 if unknown)
 	found map[string]bool
 	errs  []error
 }
@@ -112,13 +113,15 @@ func (s *scanner) walk(fd int, path string) {
 }
 
 // sameMount reports whether the directory fd is on the root's file system
-// and is not the root of a mount (a bind mount has the same device).
+// and is not the root of a mount (a bind mount has the same device). A
+// btrfs subvolume, and what is in it, have a device number of their own,
+// but are in the root's mount: its mount id says so.
 func (s *scanner) sameMount(fd int) bool {
 	var stx unix.Statx_t
 	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_INO, &stx); err != nil {
 		return false
 	}
-	if unix.Mkdev(stx.Dev_major, stx.Dev_minor) != s.dev {
+	if unix.Mkdev(stx.Dev_major, stx.Dev_minor) != s.dev && (s.mnt == 0 || mountID(fd) != s.mnt) {
 		return false
 	}
 	return stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0

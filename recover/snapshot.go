@@ -78,3 +78,13 @@ func snapshotSteps(n layout.Names, j *layout.Journal, row, shadowAt string) []St
 	}
 	return nil
 }
+
+// mountID is the id of the mount holding the open file fd (statx
+// STATX_MNT_ID, Linux 5.8); 0 where it cannot be had.
+func mountID(fd int) uint64 {
+	var stx unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) != nil || stx.Mask&unix.STATX_MNT_ID == 0 {
+		return 0
+	}
+	return stx.Mnt_id
+}
