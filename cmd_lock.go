@@ -193,16 +193,10 @@ func showLockWait(p *progressLine, dir, path string) (stop func()) {
 // and its environment, which names the trees held (nest.Env), this one
 // first.
 func lockInheritable(lk *lock.Lock, n layout.Names, mode lock.Mode, held []nest.Tree) ([]*os.File, []string, error) {
-	lockFile, err := lk.Inheritable()
+	files, err := lk.InheritableAll()
 	if err != nil {
 		return nil, nil, err
 	}
-	dirs, err := lk.InheritableDirs()
-	if err != nil {
-		lockFile.Close()
-		return nil, nil, err
-	}
-	files := append([]*os.File{lockFile}, dirs...)
 	var st unix.Stat_t
 	if err := unix.Stat(n.Dir, &st); err != nil {
 		for _, f := range files {

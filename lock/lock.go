@@ -696,6 +696,21 @@ func (l *Lock) Cover(dirfd int) error {
 	return l.tree.cover(dirfd, l.mode)
 }
 
+// InheritableAll returns what a child must inherit to keep the whole lock
+// held: Inheritable's file, then InheritableDirs'.
+func (l *Lock) InheritableAll() ([]*os.File, error) {
+	f, err := l.Inheritable()
+	if err != nil {
+		return nil, err
+	}
+	dirs, err := l.InheritableDirs()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return append([]*os.File{f}, dirs...), nil
+}
+
 // InheritableDirs returns copies of the descriptors that hold the directory
 // locks of Options.Tree (none without it), to pass to a child with the one
 // Inheritable returns: the child then keeps the whole lock held if this

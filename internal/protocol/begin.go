@@ -416,17 +416,12 @@ func (tx *Tx) LockFile() (*os.File, error) { return tx.lk.Inheritable() }
 // and the entry of nest.Env that names the directory, the lock file being
 // descriptor first.
 func (tx *Tx) Inheritable(first int) ([]*os.File, nest.Tree, error) {
-	lockFile, err := tx.lk.Inheritable()
+	files, err := tx.lk.InheritableAll()
 	if err != nil {
-		return nil, nest.Tree{}, err
-	}
-	dirs, err := tx.lk.InheritableDirs()
-	if err != nil {
-		lockFile.Close()
 		return nil, nest.Tree{}, err
 	}
 	own := nest.Tree{FD: first, Mode: lock.Exclusive.String(), Dir: tx.n.Dir, Dev: tx.j.Dir.Dev, Ino: tx.j.Dir.Ino}
-	return append([]*os.File{lockFile}, dirs...), own, nil
+	return files, own, nil
 }
 
 // step logs a step of the protocol: id is its name in docs/protocol.md
